@@ -3,7 +3,6 @@
 
 use std::error::Error;
 
-
 /// Enum-typed fields: prost stores them as `i32`, so for the JSON file formats
 /// they get a serde adapter that reads and writes the enum's proto name.
 const ENUM_FIELDS: &[(&str, &str)] = &[
@@ -27,11 +26,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         out_dir.join("schakel_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    let mut builder = tonic_prost_build::configure()
-        .message_attribute(
-            ".schakel.v1",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
-        );
+    let mut builder = tonic_prost_build::configure().message_attribute(
+        ".schakel.v1",
+        "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+    );
     for (field, adapter) in ENUM_FIELDS {
         builder = builder.field_attribute(
             format!(".schakel.v1.{field}"),

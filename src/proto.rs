@@ -35,15 +35,17 @@ pub mod serde_enum {
                     }
                     match NameOrNumber::deserialize(d)? {
                         NameOrNumber::Number(n) => Ok(n),
-                        NameOrNumber::Name(name) => <$enum>::from_str_name(&name.to_ascii_uppercase())
-                            .map(|e| e as i32)
-                            .ok_or_else(|| {
-                                serde::de::Error::custom(format!(
-                                    "unknown {} value {:?}",
-                                    stringify!($module),
-                                    name
-                                ))
-                            }),
+                        NameOrNumber::Name(name) => {
+                            <$enum>::from_str_name(&name.to_ascii_uppercase())
+                                .map(|e| e as i32)
+                                .ok_or_else(|| {
+                                    serde::de::Error::custom(format!(
+                                        "unknown {} value {:?}",
+                                        stringify!($module),
+                                        name
+                                    ))
+                                })
+                        }
                     }
                 }
             }

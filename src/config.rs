@@ -1,0 +1,400 @@
+//! The gateway's configuration: plain serde data, read from a TOML file or taken
+//! from the embedded development defaults (certificates in `certs-dev/`, data in
+//! `./schakel-data`, listening on 127.0.0.1).
+//!
+//! Owns: the shape of the config, its defaults, and [`Config::validate`], which
+//! names every problem at once before any port is bound. Does no networking;
+//! reads files only to check they exist. Called by `main`/the CLI and by tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::store::Role;
+
+/// The whole configuration. Every field has a default; a TOML file overrides
+/// what it names and may not name unknown keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the mutual-TLS gRPC port.
+    pub listen: SocketAddr,
+    /// Folder of the sled store (created if absent).
+    pub data_dir: PathBuf,
+    /// The gateway's certificate, key, client CA bundle and CRLs.
+    pub tls: TlsConfig,
+    /// Caps on requests, batches, pulls and connections.
+    pub limits: Limits,
+    /// Validation settings.
+    pub rules: RulesConfig,
+    /// Suppliers registered at start (idempotent: existing ones are kept).
+    pub suppliers: Vec<SeedSupplier>,
+    /// Client certificates registered at start (idempotent), mapped to a role.
+    pub identities: Vec<SeedIdentity>,
+    /// Store tuning.
+    pub store: StoreConfig,
+}
+
+/// TLS material of the gRPC port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the gateway presents.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// PEM CRLs; a client certificate listed in one fails the handshake.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// Limits on everything a client can make the gateway hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Records in one batch; more is refused with TOO_MANY_RECORDS.
+    pub max_records_per_batch: usize,
+    /// Bytes of one decoded gRPC request; more is refused by the codec.
+    pub max_request_bytes: usize,
+    /// Records in one Pull answer, whatever the caller asks for.
+    pub max_pull_records: u32,
+    /// Records in one Pull answer when the caller does not say.
+    pub default_pull_records: u32,
+    /// Longest long-poll wait of a Pull, in milliseconds.
+    pub max_pull_wait_ms: u32,
+    /// Lease of a pulled record when the caller does not say, in milliseconds.
+    pub default_lease_ms: u32,
+    /// Longest lease a caller may ask for, in milliseconds.
+    pub max_lease_ms: u32,
+    /// A TLS handshake that takes longer is cut off.
+    pub handshake_timeout_ms: u64,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Requests in progress at once per connection.
+    pub max_concurrent_requests_per_connection: usize,
+    /// Seconds the server waits for requests in flight at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// Validation settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Vaccination dates before this (`YYYY-MM-DD`) are rejected.
+    pub campaign_start: String,
+}
+
+/// Store tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled's page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+/// A supplier registered at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedSupplier {
+    /// Stable id, used in dedup keys and deliveries ("supplier-a").
+    pub id: String,
+    /// Human name ("Huisartsensysteem A").
+    pub name: String,
+    /// Who to call when deliveries fail.
+    #[serde(default)]
+    pub contact: String,
+}
+
+/// A client certificate registered at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedIdentity {
+    /// What the certificate may do.
+    pub role: Role,
+    /// PEM file of the client certificate (the first certificate is used).
+    pub cert: PathBuf,
+    /// Human label.
+    pub name: String,
+    /// For `role = "supplier"`: which supplier the certificate speaks for.
+    #[serde(default)]
+    pub supplier_id: Option<String>,
+}
+
+/// The folder of the development PKI.
+pub const DEV_CERTS: &str = "certs-dev";
+
+impl Default for Config {
+    fn default() -> Self {
+        let dev = |name: &str| Path::new(DEV_CERTS).join(name);
+        let identity = |role, name: &str, supplier_id: Option<&str>| SeedIdentity {
+            role,
+            cert: dev(&format!("{name}.pem")),
+            name: format!("{name} (dev)"),
+            supplier_id: supplier_id.map(str::to_owned),
+        };
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data_dir: PathBuf::from("schakel-data"),
+            tls: TlsConfig {
+                cert: dev("server.pem"),
+                key: dev("server.key"),
+                client_ca: dev("ca.pem"),
+                crls: Vec::new(),
+            },
+            limits: Limits::default(),
+            rules: RulesConfig::default(),
+            suppliers: vec![
+                SeedSupplier {
+                    id: "supplier-a".into(),
+                    name: "Supplier A (dev)".into(),
+                    contact: "servicedesk@supplier-a.example".into(),
+                },
+                SeedSupplier {
+                    id: "supplier-b".into(),
+                    name: "Supplier B (dev)".into(),
+                    contact: "servicedesk@supplier-b.example".into(),
+                },
+            ],
+            identities: vec![
+                identity(Role::Supplier, "supplier-a", Some("supplier-a")),
+                identity(Role::Supplier, "supplier-b", Some("supplier-b")),
+                identity(Role::Registry, "registry", None),
+                identity(Role::Admin, "admin", None),
+            ],
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_records_per_batch: 10_000,
+            max_request_bytes: 32 * 1024 * 1024,
+            max_pull_records: 5_000,
+            default_pull_records: 500,
+            max_pull_wait_ms: 60_000,
+            default_lease_ms: 60_000,
+            max_lease_ms: 3_600_000,
+            handshake_timeout_ms: 10_000,
+            max_handshakes: 256,
+            max_connections: 1_024,
+            max_concurrent_requests_per_connection: 64,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            campaign_start: "2021-01-06".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mb: 64 }
+    }
+}
+
+/// Everything wrong with a configuration, found at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this shape.
+    #[error("parsing config {path}: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The config parsed but makes no sense; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads a TOML config file, or gives the embedded defaults for `None`.
+    ///
+    /// # Errors
+    /// The file cannot be read or does not parse.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The validation rules this config describes.
+    ///
+    /// # Errors
+    /// `campaign_start` is not a `YYYY-MM-DD` date.
+    pub fn rules(&self) -> Result<crate::schema::Rules, ConfigError> {
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        let campaign_start =
+            time::Date::parse(&self.rules.campaign_start, format).map_err(|_| {
+                ConfigError::Invalid(vec![format!(
+                    "rules.campaign_start {:?} is not a YYYY-MM-DD date",
+                    self.rules.campaign_start
+                )])
+            })?;
+        Ok(crate::schema::Rules {
+            campaign_start,
+            max_records_per_batch: self.limits.max_records_per_batch,
+        })
+    }
+
+    /// Checks everything that can be checked before binding a port, and names
+    /// every problem at once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the list of problems.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut file = |what: &str, path: &Path| {
+            if !path.is_file() {
+                problems.push(format!(
+                    "{what} {} does not exist (run `schakel certs dev` for development certificates)",
+                    path.display()
+                ));
+            }
+        };
+        file("tls.cert", &self.tls.cert);
+        file("tls.key", &self.tls.key);
+        file("tls.client_ca", &self.tls.client_ca);
+        for crl in &self.tls.crls {
+            file("tls.crls entry", crl);
+        }
+        for identity in &self.identities {
+            file(
+                &format!("identity {:?} cert", identity.name),
+                &identity.cert,
+            );
+        }
+        if let Err(ConfigError::Invalid(mut p)) = self.rules() {
+            problems.append(&mut p);
+        }
+        for identity in &self.identities {
+            match (identity.role, &identity.supplier_id) {
+                (Role::Supplier, None) => problems.push(format!(
+                    "identity {:?} has role supplier but no supplier_id",
+                    identity.name
+                )),
+                (Role::Supplier, Some(id)) if !self.suppliers.iter().any(|s| &s.id == id) => {
+                    problems.push(format!(
+                        "identity {:?} names supplier_id {id:?}, which is not in [[suppliers]]",
+                        identity.name
+                    ))
+                }
+                (Role::Registry | Role::Admin, Some(_)) => problems.push(format!(
+                    "identity {:?} is not a supplier but has a supplier_id",
+                    identity.name
+                )),
+                _ => {}
+            }
+        }
+        for supplier in &self.suppliers {
+            if supplier.id.is_empty()
+                || supplier.id.len() > 64
+                || !supplier
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                problems.push(format!(
+                    "supplier id {:?} must be 1..64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                    supplier.id
+                ));
+            }
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("limits.max_records_per_batch", l.max_records_per_batch),
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_pull_records", l.max_pull_records as usize),
+            (
+                "limits.default_pull_records",
+                l.default_pull_records as usize,
+            ),
+            ("limits.default_lease_ms", l.default_lease_ms as usize),
+            ("limits.max_lease_ms", l.max_lease_ms as usize),
+            (
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms as usize,
+            ),
+            ("limits.max_handshakes", l.max_handshakes),
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_dev_certs_and_loopback() {
+        let config = Config::default();
+        assert!(config.listen.ip().is_loopback());
+        assert_eq!(config.tls.client_ca, Path::new("certs-dev/ca.pem"));
+        assert_eq!(config.identities.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("listn = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_every_problem() {
+        let mut config = Config::default();
+        config.tls.cert = PathBuf::from("/nonexistent/server.pem");
+        config.rules.campaign_start = "6 januari".into();
+        config.limits.max_connections = 0;
+        config.identities[0].supplier_id = Some("nobody".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        assert!(all.contains("/nonexistent/server.pem"), "{all}");
+        assert!(all.contains("campaign_start"), "{all}");
+        assert!(all.contains("limits.max_connections"), "{all}");
+        assert!(all.contains("\"nobody\""), "{all}");
+    }
+}

@@ -1,0 +1,191 @@
+//! Assembles and runs the gateway: opens the store, registers the identities the
+//! config seeds, builds the TLS acceptor and serves the gRPC services on an
+//! already bound listener until a shutdown future resolves.
+//!
+//! `run` takes the listener and the shutdown future from its caller, so `main`
+//! binds the configured port and waits for SIGTERM/SIGINT, while a test binds
+//! 127.0.0.1:0 and stops the server with a oneshot.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::config::{Config, ConfigError};
+use crate::proto::intake_server::IntakeServer;
+use crate::proto::registry_server::RegistryServer;
+use crate::service::auth::Authorize;
+use crate::service::intake::IntakeService;
+use crate::service::registry::RegistryService;
+use crate::store::{Identity, Role, Store, StoreError, StoreOptions, Supplier};
+use crate::tls::{self, AcceptLimits, ServerTlsFiles, TlsAcceptorHandle, TlsError};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A seeded identity's certificate is unusable.
+    #[error("registering identity {name:?} from {path}: {source}")]
+    Seed {
+        /// The identity's name.
+        name: String,
+        /// Its certificate file.
+        path: String,
+        /// Why.
+        source: TlsError,
+    },
+    /// The gRPC transport failed.
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store of `config` with its tuning.
+///
+/// # Errors
+/// The store cannot be opened (locked, unreadable, corrupt).
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let options = StoreOptions {
+        cache_capacity_bytes: config.store.cache_mb * 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    Store::open(&config.data_dir, options)
+}
+
+/// Registers the config's suppliers and identities that the store does not know
+/// yet. Existing entries are left as they are: an admin may have suspended a
+/// supplier or revoked a certificate since, and a restart must not undo that.
+///
+/// # Errors
+/// A certificate file cannot be read or parsed, or the store fails.
+pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
+    let now = SystemTime::now();
+    for s in &config.suppliers {
+        if store.supplier(&s.id)?.is_none() {
+            store.put_supplier(&Supplier {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                contact: s.contact.clone(),
+                suspended: false,
+                created_at: now,
+            })?;
+            tracing::info!(supplier = %s.id, "registered supplier from config");
+        }
+    }
+    for seed in &config.identities {
+        let describe = || -> Result<tls::CertInfo, TlsError> {
+            let certs = tls::load_certs(&seed.cert)?;
+            let first = certs.first().ok_or_else(|| TlsError::Invalid {
+                action: "reading client certificate",
+                path: seed.cert.clone(),
+                reason: "no certificates found".into(),
+            })?;
+            tls::describe(first)
+        };
+        let info = describe().map_err(|source| ServerError::Seed {
+            name: seed.name.clone(),
+            path: seed.cert.display().to_string(),
+            source,
+        })?;
+        if store.identity(&info.fingerprint)?.is_none() {
+            store.put_identity(&Identity {
+                fingerprint: info.fingerprint.clone(),
+                role: seed.role,
+                name: seed.name.clone(),
+                supplier_id: seed.supplier_id.clone(),
+                subject: info.subject,
+                serial: info.serial,
+                not_after: info.not_after,
+                added_at: now,
+                retire_at: None,
+                revoked_at: None,
+            })?;
+            tracing::info!(name = %seed.name, role = ?seed.role, fingerprint = %info.fingerprint, "registered identity from config");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then stops
+/// accepting, lets calls in flight finish within the grace period, and syncs the
+/// store.
+///
+/// # Errors
+/// Invalid config, unusable TLS material, a store that cannot be opened, or a
+/// transport failure.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let rules = config.rules()?;
+    let store = open_store(&config)?;
+    seed(&store, &config)?;
+    let files = ServerTlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+        crls: config.tls.crls.clone(),
+    };
+    let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    let limits = &config.limits;
+    let accept_limits = AcceptLimits {
+        handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+        max_handshakes: limits.max_handshakes,
+        max_connections: limits.max_connections,
+    };
+    let local = listener.local_addr().ok();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
+
+    let max_bytes = limits.max_request_bytes;
+    let intake = IntakeServer::new(IntakeService::new(store.clone(), rules))
+        .max_decoding_message_size(max_bytes);
+    let registry = RegistryServer::new(RegistryService::new(store.clone(), limits.clone()))
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
+    let router = Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(InterceptedService::new(
+            intake,
+            Authorize::new(store.clone(), Role::Supplier),
+        ))
+        .add_service(InterceptedService::new(
+            registry,
+            Authorize::new(store.clone(), Role::Registry),
+        ));
+
+    tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
+    let mut stopped = stop_rx;
+    let serve = router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    tokio::pin!(serve);
+    let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = async {
+            shutdown.await;
+            tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, draining calls");
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("calls still in flight after the grace period: shutdown forced");
+        }
+    }
+    store.sync().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

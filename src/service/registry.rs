@@ -1,0 +1,186 @@
+//! `schakel.v1.Registry`: the registry leases queued records (Pull), then
+//! acknowledges (Ack) or gives them back (Release). A thin adapter over the
+//! store's queue: it caps what the caller asks for and turns store types into
+//! wire types. Logs sequences and counts, never record content.
+
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::config::Limits;
+use crate::error::ServiceError;
+use crate::proto::{
+    registry_server::Registry, AckRequest, AckResponse, DeliveredRecord, PullRequest, PullResponse,
+    ReleaseRequest, ReleaseResponse, TokenResult, VaccinationRecord,
+};
+use crate::service::auth::Caller;
+use crate::service::timestamp;
+use crate::store::{self, AuditEvent, Store, TokenOutcome};
+
+/// Most lease tokens in one Ack or Release.
+pub const MAX_TOKENS_PER_CALL: usize = 10_000;
+
+/// The Registry service.
+#[derive(Clone)]
+pub struct RegistryService {
+    store: Store,
+    limits: Limits,
+}
+
+impl RegistryService {
+    /// A service over `store`, capping pulls by `limits`.
+    pub fn new(store: Store, limits: Limits) -> Self {
+        RegistryService { store, limits }
+    }
+
+    fn audit(&self, caller: &Caller, action: &str, detail: String) {
+        let event = AuditEvent {
+            at: SystemTime::now(),
+            actor_fingerprint: caller.peer.fingerprint.clone(),
+            actor: caller.identity.name.clone(),
+            role: Some(caller.identity.role),
+            action: action.into(),
+            detail,
+            outcome: "ok".into(),
+        };
+        if let Err(e) = self.store.audit(event) {
+            tracing::error!(error = %e, "writing audit event");
+        }
+    }
+}
+
+fn outcome_to_proto(outcome: TokenOutcome) -> crate::proto::TokenOutcome {
+    use crate::proto::TokenOutcome as P;
+    match outcome {
+        TokenOutcome::Acked => P::Acked,
+        TokenOutcome::AlreadyAcked => P::AlreadyAcked,
+        TokenOutcome::LeaseExpired => P::LeaseExpired,
+        TokenOutcome::Unknown => P::UnknownToken,
+        TokenOutcome::Released => P::Released,
+        TokenOutcome::AlreadyReleased => P::AlreadyReleased,
+    }
+}
+
+fn token_results(tokens: Vec<String>, results: Vec<store::TokenResult>) -> Vec<TokenResult> {
+    tokens
+        .into_iter()
+        .zip(results)
+        .map(|(lease_token, r)| TokenResult {
+            lease_token,
+            outcome: outcome_to_proto(r.outcome) as i32,
+            sequence: r.sequence.unwrap_or(0),
+        })
+        .collect()
+}
+
+/// "sequences 3..17" style summary for logs and audit: ids only.
+fn summarize(results: &[TokenResult]) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for r in results {
+        let name = crate::proto::TokenOutcome::try_from(r.outcome)
+            .map(|o| o.as_str_name())
+            .unwrap_or("?");
+        *counts.entry(name).or_default() += 1;
+    }
+    let seqs: Vec<String> = results
+        .iter()
+        .filter(|r| r.sequence != 0)
+        .map(|r| r.sequence.to_string())
+        .collect();
+    let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{} sequences=[{}]", counts.join(" "), seqs.join(","))
+}
+
+fn check_tokens(tokens: &[String]) -> Result<(), ServiceError> {
+    if tokens.len() > MAX_TOKENS_PER_CALL {
+        return Err(ServiceError::InvalidRequest {
+            field: "lease_tokens",
+            message: format!("at most {MAX_TOKENS_PER_CALL} tokens per call"),
+        });
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let l = &self.limits;
+        let max = match req.max_records {
+            0 => l.default_pull_records,
+            n => n.min(l.max_pull_records),
+        } as usize;
+        let wait = Duration::from_millis(u64::from(req.wait_ms.min(l.max_pull_wait_ms)));
+        let lease = Duration::from_millis(u64::from(match req.lease_ms {
+            0 => l.default_lease_ms,
+            n => n.min(l.max_lease_ms),
+        }));
+        let deliveries = self
+            .store
+            .pull(max, wait, lease)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut records = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let record = VaccinationRecord::decode(d.content.as_slice()).map_err(|e| {
+                ServiceError::Internal(format!("queued record {} does not decode: {e}", d.sequence))
+            })?;
+            records.push(DeliveredRecord {
+                sequence: d.sequence,
+                supplier_id: d.supplier_id,
+                message_id: d.message_id,
+                received_at: timestamp(d.received_at),
+                delivery_attempt: d.attempt,
+                lease_token: d.lease_token,
+                lease_expires_at: timestamp(d.lease_expires_at),
+                batch_id: d.batch_id,
+                record: Some(record),
+            });
+        }
+        if !records.is_empty() {
+            let first = records.first().map_or(0, |r| r.sequence);
+            let last = records.last().map_or(0, |r| r.sequence);
+            tracing::info!(records = records.len(), first, last, "pulled");
+            let seqs: Vec<String> = records.iter().map(|r| r.sequence.to_string()).collect();
+            self.audit(
+                &caller,
+                "pull",
+                format!("records={} sequences=[{}]", records.len(), seqs.join(",")),
+            );
+        }
+        Ok(Response::new(PullResponse { records }))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let tokens = request.into_inner().lease_tokens;
+        check_tokens(&tokens)?;
+        let results = self.store.ack(&tokens).await.map_err(ServiceError::from)?;
+        let results = token_results(tokens, results);
+        let summary = summarize(&results);
+        tracing::info!(tokens = results.len(), "acked");
+        self.audit(&caller, "ack", summary);
+        Ok(Response::new(AckResponse { results }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let tokens = request.into_inner().lease_tokens;
+        check_tokens(&tokens)?;
+        let results = self
+            .store
+            .release(&tokens)
+            .await
+            .map_err(ServiceError::from)?;
+        let results = token_results(tokens, results);
+        let summary = summarize(&results);
+        tracing::info!(tokens = results.len(), "released");
+        self.audit(&caller, "release", summary);
+        Ok(Response::new(ReleaseResponse { results }))
+    }
+}

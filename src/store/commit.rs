@@ -1,0 +1,294 @@
+//! Group commit: the one place that makes sled's writes durable on the device.
+//!
+//! Owns the dedicated commit thread, the open handles on sled's data files and
+//! the channel through which callers ask for a sync round. sled's own `flush()`
+//! ends in `sync_file_range`, which is not a device flush (sled issue #1452), so
+//! every round here is `Db::flush()` followed by `fsync` of the data files.
+//! Concurrent callers share one round: the thread drains every pending request,
+//! syncs once and answers them all.
+//!
+//! Must not: interpret records, know about queue state, or log anything but
+//! counts and errors. Called by `Store` (submit, ack, put_identity, put_supplier,
+//! sync) and indirectly by everything that marks the store dirty (audit, pull).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{lock, StoreError};
+
+/// Context used for every group-commit failure message.
+const SYNC_CONTEXT: &str = "syncing the store to disk (group commit)";
+
+/// How a caller waits for its round.
+enum Waiter {
+    /// An async caller (submit, ack, sync).
+    Async(oneshot::Sender<Result<(), StoreError>>),
+    /// A synchronous caller (put_identity, put_supplier).
+    Blocking(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<(), StoreError>) {
+        // A caller that gave up waiting (dropped its receiver) is not an error.
+        match self {
+            Waiter::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+enum CommitMsg {
+    Sync(Waiter),
+    Stop,
+}
+
+/// Handle on the commit thread. Dropping it runs a last round and joins the thread.
+pub(crate) struct Committer {
+    /// Requests for a sync round go to the commit thread through this channel;
+    /// the thread batches everything queued into one round.
+    tx: mpsc::Sender<CommitMsg>,
+    /// The commit thread, joined on drop so sled's file lock is released when the
+    /// last `Store` handle goes away (a reopen in the same process must succeed).
+    handle: Mutex<Option<JoinHandle<()>>>,
+    /// Set by unsynced writes (audit events, delivery attempts); the periodic
+    /// round only syncs when something was written since the last round.
+    dirty: Arc<AtomicBool>,
+}
+
+impl Committer {
+    /// Opens sled's data files, fsyncs the directories once and starts the thread.
+    ///
+    /// # Errors
+    /// `StoreError::Io` when the data files or directories cannot be opened or synced.
+    pub(crate) fn start(
+        db: sled::Db,
+        path: &Path,
+        flush_every: Option<Duration>,
+    ) -> Result<Committer, StoreError> {
+        let db_file = open_file(&path.join("db"))?;
+        let conf_file = open_file(&path.join("conf"))?;
+        // The files were possibly just created: make their directory entries durable.
+        sync_dir(path)?;
+        let blobs = path.join("blobs");
+        if blobs.is_dir() {
+            sync_dir(&blobs)?;
+        }
+        if let Some(parent) = path.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            sync_dir(parent)?;
+        }
+
+        let dirty = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut worker = Worker {
+            db,
+            db_file,
+            conf_file,
+            blobs,
+            synced_blobs: HashSet::new(),
+            dirty: Arc::clone(&dirty),
+        };
+        let handle = std::thread::Builder::new()
+            .name("schakel-commit".into())
+            .spawn(move || worker.run(rx, flush_every))
+            .map_err(|source| StoreError::Io {
+                context: "starting the group-commit thread".into(),
+                source,
+            })?;
+        Ok(Committer {
+            tx,
+            handle: Mutex::new(Some(handle)),
+            dirty,
+        })
+    }
+
+    /// Notes that something was written without waiting for a round; the next
+    /// round (periodic or requested) makes it durable.
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Waits until every write issued before this call is durable.
+    ///
+    /// # Errors
+    /// `StoreError::Io` when the flush or fsync failed (e.g. disk full),
+    /// `StoreError::Closed` when the commit thread is gone.
+    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(CommitMsg::Sync(Waiter::Async(tx)))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Committer::sync`] but blocks the calling thread.
+    ///
+    /// # Errors
+    /// As [`Committer::sync`].
+    pub(crate) fn sync_blocking(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(CommitMsg::Sync(Waiter::Blocking(tx)))
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        let _ = self.tx.send(CommitMsg::Stop);
+        if let Some(handle) = lock(&self.handle).take() {
+            if handle.join().is_err() {
+                tracing::error!("group-commit thread panicked");
+            }
+        }
+    }
+}
+
+struct Worker {
+    db: sled::Db,
+    db_file: File,
+    conf_file: File,
+    blobs: PathBuf,
+    /// Blob files already fsynced (sled writes large pages as separate files
+    /// without syncing them).
+    synced_blobs: HashSet<OsString>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: mpsc::Receiver<CommitMsg>, flush_every: Option<Duration>) {
+        loop {
+            let first = match flush_every {
+                Some(every) => match rx.recv_timeout(every) {
+                    Ok(msg) => Some(msg),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => return,
+                },
+            };
+            let Some(first) = first else {
+                // Periodic round: only when unsynced writes happened.
+                if self.dirty.load(Ordering::Acquire) {
+                    if let Err(e) = self.round() {
+                        tracing::warn!(error = %e, "periodic store sync failed");
+                    }
+                }
+                continue;
+            };
+            // Drain everything queued: all of it shares this round.
+            let mut waiters = Vec::new();
+            let mut stop = false;
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    CommitMsg::Sync(w) => waiters.push(w),
+                    CommitMsg::Stop => stop = true,
+                }
+                next = rx.try_recv().ok();
+            }
+            let result = self.round();
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, waiters = waiters.len(), "store sync round failed");
+            }
+            for w in waiters {
+                w.answer(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Io {
+                        context: SYNC_CONTEXT.into(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }),
+                });
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// One round: flush sled's log to the OS, then fsync the data files.
+    fn round(&mut self) -> io::Result<()> {
+        self.dirty.store(false, Ordering::Release);
+        let result = self.round_inner();
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn round_inner(&mut self) -> io::Result<()> {
+        self.db.flush().map_err(|e| match e {
+            sled::Error::Io(io) => io,
+            other => io::Error::other(other.to_string()),
+        })?;
+        self.sync_blobs()?;
+        self.db_file.sync_data()?;
+        self.conf_file.sync_data()?;
+        Ok(())
+    }
+
+    fn sync_blobs(&mut self) -> io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // Garbage-collected by sled between listing and opening.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if new_files {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn open_file(path: &Path) -> Result<File, StoreError> {
+    File::open(path).map_err(|source| StoreError::Io {
+        context: format!("opening {} for fsync", path.display()),
+        source,
+    })
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            context: format!("syncing directory {}", path.display()),
+            source,
+        })
+}
