@@ -1,5 +1,7 @@
 //! The shared harness lives in the library (`schakel::testkit`), because the
-//! benchmark starts gateways the same way.
+//! benchmark starts gateways the same way; `process` runs the real binary.
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod process;
 
 pub use schakel::testkit::*;
