@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         out_dir.join("schakel_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    let mut builder = tonic_prost_build::configure().message_attribute(
+    let mut builder = tonic_prost_build::configure()
+        .codec_path("crate::codec::StrictProstCodec").message_attribute(
         ".schakel.v1",
         "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
     );

@@ -64,6 +64,9 @@ pub enum ServiceError {
         /// What is wrong (never the value itself).
         message: String,
     },
+    /// The request is not a valid protobuf message of its type.
+    #[error("the request does not decode: {0}")]
+    Malformed(String),
     /// An internal invariant failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,13 +90,16 @@ impl ServiceError {
             ServiceError::SupplierSuspended(_) => "SUPPLIER_SUSPENDED",
             ServiceError::UnknownSupplier(_) => "SUPPLIER_NOT_REGISTERED",
             ServiceError::InvalidRequest { .. } => "INVALID_REQUEST",
+            ServiceError::Malformed(_) => "MALFORMED_MESSAGE",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }
 
     fn grpc_code(&self) -> Code {
         match self {
-            ServiceError::Batch(_) | ServiceError::InvalidRequest { .. } => Code::InvalidArgument,
+            ServiceError::Batch(_)
+            | ServiceError::InvalidRequest { .. }
+            | ServiceError::Malformed(_) => Code::InvalidArgument,
             ServiceError::Store(e) if e.is_retryable() => Code::Unavailable,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
             ServiceError::NoPeerCertificate

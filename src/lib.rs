@@ -7,6 +7,7 @@
 //!
 //! The parts, in dependency order:
 //! - [`proto`]: the generated wire types of `proto/schakel/v1`.
+//! - [`codec`]: the protobuf codec; malformed input is INVALID_ARGUMENT.
 //! - [`schema`]: record and batch validation; pure, no I/O.
 //! - [`store`]: sled: dedup index, durable queue with leases, identities, audit.
 //!   Knows no tonic types.
@@ -23,6 +24,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod proto;
