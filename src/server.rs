@@ -45,6 +45,9 @@ pub enum ServerError {
         /// Why.
         source: TlsError,
     },
+    /// The store failed while serving (e.g. a full disk); `run` reopens it.
+    #[error("the store failed while serving: {0}")]
+    StoreFailed(StoreError),
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -116,18 +119,99 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// How often a serving gateway checks that its store still writes (a flush and
+/// fsync): sled latches an I/O error such as a full disk, and only reopening
+/// the store clears it.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting, lets calls in flight finish within the grace period, and syncs the
 /// store.
 ///
+/// If the store fails while serving (a full disk: sled then refuses every
+/// write until it is reopened), the gateway stops serving, reopens the store
+/// with backoff until it works again, and serves again on the same address:
+/// it recovers by itself when space returns, and meanwhile clients get
+/// UNAVAILABLE or a refused connection, never an acknowledgement.
+///
 /// # Errors
-/// Invalid config, unusable TLS material, a store that cannot be opened, or a
-/// transport failure.
+/// Invalid config, unusable TLS material, a store that cannot be opened at
+/// start, or a transport failure.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let addr = listener.local_addr().ok();
+    let mut listener = Some(listener);
+    let mut backoff = Duration::from_millis(100);
+    let mut started = false;
+    loop {
+        let current = match listener.take() {
+            Some(l) => l,
+            None => match addr {
+                Some(addr) => match TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %addr, "re-binding after a store failure; retrying");
+                        if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+                None => return Err(ServerError::Store(StoreError::Closed)),
+            },
+        };
+        match serve_once(&config, current, shutdown_rx.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(ServerError::StoreFailed(e)) => {
+                started = true;
+                tracing::error!(error = %e, "the store stopped writing (disk full?): serving stopped; reopening it");
+            }
+            Err(ServerError::Store(e)) if started && e.is_retryable() => {
+                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "the store does not open yet");
+            }
+            Err(e) => return Err(e),
+        }
+        if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
+            return Ok(());
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sleeps `d`; true when shutdown came first.
+async fn wait_or_shutdown(d: Duration, mut shutdown: watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        _ = shutdown.wait_for(|stop| *stop) => Some(true),
+    };
+    stopped.unwrap_or_else(|| *shutdown.borrow())
+}
+
+/// Resolves with the error once the store no longer syncs.
+async fn store_failure(store: Store) -> StoreError {
+    loop {
+        tokio::time::sleep(STORE_CHECK_INTERVAL).await;
+        if let Err(e) = store.sync().await {
+            return e;
+        }
+    }
+}
+
+/// One life of the gateway on one opened store.
+async fn serve_once(
+    config: &Config,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let config = config.clone();
     let rules = config.rules()?;
     let store = open_store(&config)?;
     seed(&store, &config)?;
@@ -174,16 +258,24 @@ pub async fn run(
     });
     tokio::pin!(serve);
     let grace = Duration::from_secs(limits.shutdown_grace_secs);
+    let mut failure = None;
     tokio::select! {
         result = &mut serve => result?,
         () = async {
-            shutdown.await;
-            tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, draining calls");
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, draining calls");
+                }
+                e = store_failure(store.clone()) => failure = Some(e),
+            }
             let _ = stop_tx.send(true);
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!("calls still in flight after the grace period: shutdown forced");
         }
+    }
+    if let Some(e) = failure {
+        return Err(ServerError::StoreFailed(e));
     }
     store.sync().await?;
     tracing::info!("stopped");

@@ -35,17 +35,23 @@ async fn pii_without_consent_is_nowhere_even_with_trace_logging() {
         .expect("submit")
         .into_inner();
     assert_eq!(receipt.rejected, 20);
-    assert!(receipt.results.iter().all(|r| r
-        .findings
+    assert!(receipt
+        .results
         .iter()
-        .all(|f| f.code == "PII_WITHOUT_CONSENT")));
+        .all(|r| r.findings.iter().all(|f| f.code == "PII_WITHOUT_CONSENT")));
     let echoed = format!("{receipt:?}");
     let status = gw.terminate();
     assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
 
     let log = std::fs::read_to_string(&gw.log).expect("log");
-    assert!(log.contains("leaky-batch"), "the batch id is logged (the log works)");
-    assert!(log.contains("TRACE") || log.contains("trace"), "trace logging was on");
+    assert!(
+        log.contains("leaky-batch"),
+        "the batch id is logged (the log works)"
+    );
+    assert!(
+        log.contains("TRACE") || log.contains("trace"),
+        "trace logging was on"
+    );
     let mut places = read_all_below(&gw.data_dir());
     assert!(!places.is_empty(), "the data folder exists");
     places.push((gw.log.clone(), log.into_bytes()));

@@ -292,3 +292,13 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
             source,
         })
 }
+
+/// fsyncs one file or directory.
+pub(crate) fn sync_path(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StoreError::Io {
+            context: format!("syncing {}", path.display()),
+            source,
+        })
+}

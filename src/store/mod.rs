@@ -32,6 +32,24 @@ use queue::QueueState;
 /// Key in the default tree holding the on-disk format version.
 const FORMAT_KEY: &[u8] = b"schakel.format";
 const FORMAT_VERSION: u8 = 1;
+/// A file written once the format key is durable: its presence means the
+/// store holds data, so a missing format key is corruption, not a new store.
+const SENTINEL_FILE: &str = "SCHAKEL-STORE";
+
+fn write_sentinel(path: &Path) -> Result<(), StoreError> {
+    let file = path.join(SENTINEL_FILE);
+    let io = |source| StoreError::Io {
+        context: format!("writing {}", file.display()),
+        source,
+    };
+    std::fs::write(
+        &file,
+        "This folder is a Schakel store (sled). Do not edit; back it up whole.\n",
+    )
+    .map_err(io)?;
+    commit::sync_path(&file)?;
+    commit::sync_path(path)
+}
 
 /// Everything that can go wrong in the store. Messages say what was being done
 /// and why; they never contain record content.
@@ -289,10 +307,29 @@ impl Store {
                     format!("unsupported format version {:?}", v.as_ref()),
                 ))
             }
+            // sled recovers an unreadable log as an empty one; the sentinel
+            // file tells that apart from a store that was never written.
+            None if path.join(SENTINEL_FILE).exists() => {
+                return Err(StoreError::corrupt(
+                    "format version",
+                    format!(
+                        "{} holds a Schakel store but its data does not read back \
+                         (the log is unreadable); refusing to start on an empty store. \
+                         Restore the folder from a backup",
+                        path.display()
+                    ),
+                ))
+            }
             None => {
                 db.insert(FORMAT_KEY, &[FORMAT_VERSION])
                     .map_err(|e| StoreError::sled("writing the format version", e))?;
+                db.flush()
+                    .map_err(|e| StoreError::sled("flushing the format version", e))?;
+                commit::sync_path(&path.join("db"))?;
             }
+        }
+        if !path.join(SENTINEL_FILE).exists() {
+            write_sentinel(path)?;
         }
 
         // Everything previously issued is below the generator's current value.
