@@ -79,6 +79,13 @@ pub struct Limits {
     pub max_concurrent_requests_per_connection: usize,
     /// Seconds the server waits for requests in flight at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Requests in flight at once per client certificate; past it RESOURCE_EXHAUSTED.
+    pub max_in_flight_per_identity: usize,
+    /// Sustained records per second per supplier (0: no rate limit); past it
+    /// RESOURCE_EXHAUSTED with a retry hint.
+    pub supplier_records_per_second: u64,
+    /// Records a supplier may send at once after being idle.
+    pub supplier_burst_records: u64,
 }
 
 /// Validation settings.
@@ -186,6 +193,9 @@ impl Default for Limits {
             max_connections: 1_024,
             max_concurrent_requests_per_connection: 64,
             shutdown_grace_secs: 20,
+            max_in_flight_per_identity: 16,
+            supplier_records_per_second: 200_000,
+            supplier_burst_records: 400_000,
         }
     }
 }

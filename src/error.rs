@@ -16,6 +16,9 @@ use crate::store::{Role, StoreError};
 /// The metadata key carrying the stable error code of a failed call.
 pub const ERROR_CODE_KEY: &str = "schakel-error-code";
 
+/// The metadata key of gRPC's retry hint on RESOURCE_EXHAUSTED, in milliseconds.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -64,6 +67,14 @@ pub enum ServiceError {
         /// What is wrong (never the value itself).
         message: String,
     },
+    /// A limit was hit; the caller should retry after the hint.
+    #[error("too many {what}; retry after {} ms", retry_after.as_millis())]
+    Overloaded {
+        /// Which limit.
+        what: &'static str,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// The request is not a valid protobuf message of its type.
     #[error("the request does not decode: {0}")]
     Malformed(String),
@@ -91,6 +102,7 @@ impl ServiceError {
             ServiceError::UnknownSupplier(_) => "SUPPLIER_NOT_REGISTERED",
             ServiceError::InvalidRequest { .. } => "INVALID_REQUEST",
             ServiceError::Malformed(_) => "MALFORMED_MESSAGE",
+            ServiceError::Overloaded { .. } => "RATE_LIMITED",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }
@@ -101,6 +113,7 @@ impl ServiceError {
             | ServiceError::InvalidRequest { .. }
             | ServiceError::Malformed(_) => Code::InvalidArgument,
             ServiceError::Store(e) if e.is_retryable() => Code::Unavailable,
+            ServiceError::Overloaded { .. } => Code::ResourceExhausted,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
             ServiceError::NoPeerCertificate
             | ServiceError::UnknownCertificate { .. }
@@ -116,6 +129,10 @@ impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
         let code = error.code();
         let grpc = error.grpc_code();
+        let retry_after = match &error {
+            ServiceError::Overloaded { retry_after, .. } => Some(retry_after.as_millis()),
+            _ => None,
+        };
         if grpc == Code::Internal || grpc == Code::Unavailable {
             tracing::error!(error = %error, code, "request failed");
         } else {
@@ -124,6 +141,10 @@ impl From<ServiceError> for Status {
         let mut status = Status::new(grpc, format!("{code}: {error}"));
         if let Ok(value) = code.parse() {
             status.metadata_mut().insert(ERROR_CODE_KEY, value);
+        }
+        if let Some(ms) = retry_after.and_then(|ms| ms.to_string().parse().ok()) {
+            // gRPC's standard retry pushback hint, in milliseconds.
+            status.metadata_mut().insert(RETRY_PUSHBACK_KEY, ms);
         }
         status
     }

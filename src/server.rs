@@ -19,6 +19,7 @@ use crate::proto::intake_server::IntakeServer;
 use crate::proto::registry_server::RegistryServer;
 use crate::service::auth::Authorize;
 use crate::service::intake::IntakeService;
+use crate::service::limits::{Limiter, LimiterConfig};
 use crate::service::registry::RegistryService;
 use crate::store::{Identity, Role, Store, StoreError, StoreOptions, Supplier};
 use crate::tls::{self, AcceptLimits, ServerTlsFiles, TlsAcceptorHandle, TlsError};
@@ -51,6 +52,15 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// The limiter `config.limits` describes, shared by all services.
+pub fn limiter(limits: &crate::config::Limits) -> Limiter {
+    Limiter::new(LimiterConfig {
+        max_in_flight_per_identity: limits.max_in_flight_per_identity,
+        records_per_second: limits.supplier_records_per_second,
+        burst_records: limits.supplier_burst_records,
+    })
 }
 
 /// Opens the store of `config` with its tuning.
@@ -233,11 +243,15 @@ async fn serve_once(
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
 
     let max_bytes = limits.max_request_bytes;
-    let intake = IntakeServer::new(IntakeService::new(store.clone(), rules))
-        .max_decoding_message_size(max_bytes);
-    let registry = RegistryServer::new(RegistryService::new(store.clone(), limits.clone()))
-        .max_decoding_message_size(max_bytes)
-        .max_encoding_message_size(max_bytes);
+    let limiter = limiter(limits);
+    let intake =
+        IntakeServer::new(IntakeService::new(store.clone(), rules).with_limiter(limiter.clone()))
+            .max_decoding_message_size(max_bytes);
+    let registry = RegistryServer::new(
+        RegistryService::new(store.clone(), limits.clone()).with_limiter(limiter.clone()),
+    )
+    .max_decoding_message_size(max_bytes)
+    .max_encoding_message_size(max_bytes);
     let router = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -13,6 +13,7 @@ use crate::error::ServiceError;
 use crate::proto::{self, intake_server::Intake, Batch, BatchReceipt, RecordResult, RecordStatus};
 use crate::schema::{self, Code, Rules};
 use crate::service::auth::Caller;
+use crate::service::limits::Limiter;
 use crate::service::timestamp;
 use crate::store::{AuditEvent, NewRecord, Store, SubmitOutcome};
 
@@ -21,6 +22,7 @@ use crate::store::{AuditEvent, NewRecord, Store, SubmitOutcome};
 pub struct IntakeService {
     store: Store,
     rules: Arc<Rules>,
+    limiter: Limiter,
 }
 
 impl IntakeService {
@@ -29,7 +31,14 @@ impl IntakeService {
         IntakeService {
             store,
             rules: Arc::new(rules),
+            limiter: crate::server::limiter(&crate::config::Limits::default()),
         }
+    }
+
+    /// Shares `limiter` (per-identity and per-supplier limits) with other services.
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 }
 
@@ -108,6 +117,10 @@ impl Intake for IntakeService {
     ) -> Result<Response<BatchReceipt>, Status> {
         let caller = Caller::of(&request)?;
         let supplier_id = caller.supplier_id()?.to_owned();
+        let records = request.get_ref().records.len() as u64;
+        let _permit = self
+            .limiter
+            .admit(&caller.peer.fingerprint, Some(&supplier_id), records)?;
         let received_at = SystemTime::now();
         let batch = request.into_inner();
         schema::validate_header(batch.header.as_ref(), batch.records.len(), &self.rules)

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod intake;
+pub mod limits;
 pub mod registry;
 
 use std::time::SystemTime;

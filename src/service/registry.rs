@@ -15,6 +15,7 @@ use crate::proto::{
     ReleaseRequest, ReleaseResponse, TokenResult, VaccinationRecord,
 };
 use crate::service::auth::Caller;
+use crate::service::limits::Limiter;
 use crate::service::timestamp;
 use crate::store::{self, AuditEvent, Store, TokenOutcome};
 
@@ -26,12 +27,24 @@ pub const MAX_TOKENS_PER_CALL: usize = 10_000;
 pub struct RegistryService {
     store: Store,
     limits: Limits,
+    limiter: Limiter,
 }
 
 impl RegistryService {
     /// A service over `store`, capping pulls by `limits`.
     pub fn new(store: Store, limits: Limits) -> Self {
-        RegistryService { store, limits }
+        let limiter = crate::server::limiter(&limits);
+        RegistryService {
+            store,
+            limits,
+            limiter,
+        }
+    }
+
+    /// Shares `limiter` (per-identity limits) with other services.
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     fn audit(&self, caller: &Caller, action: &str, detail: String) {
@@ -106,6 +119,7 @@ fn check_tokens(tokens: &[String]) -> Result<(), ServiceError> {
 impl Registry for RegistryService {
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
         let caller = Caller::of(&request)?;
+        let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let req = request.into_inner();
         let l = &self.limits;
         let max = match req.max_records {
@@ -155,6 +169,7 @@ impl Registry for RegistryService {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let caller = Caller::of(&request)?;
+        let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let tokens = request.into_inner().lease_tokens;
         check_tokens(&tokens)?;
         let results = self.store.ack(&tokens).await.map_err(ServiceError::from)?;
@@ -170,6 +185,7 @@ impl Registry for RegistryService {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         let caller = Caller::of(&request)?;
+        let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let tokens = request.into_inner().lease_tokens;
         check_tokens(&tokens)?;
         let results = self
