@@ -15,6 +15,7 @@
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
 //! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
+//! - [`reload`]: reloads the TLS material without a restart.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
 //! - [`cli`]: the `schakel` subcommands.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod proto;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod service;

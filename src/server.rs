@@ -15,8 +15,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::config::{Config, ConfigError};
+use crate::proto::admin_server::AdminServer;
 use crate::proto::intake_server::IntakeServer;
 use crate::proto::registry_server::RegistryServer;
+use crate::reload::Reloader;
+use crate::service::admin::AdminService;
 use crate::service::auth::Authorize;
 use crate::service::intake::IntakeService;
 use crate::service::registry::RegistryService;
@@ -138,6 +141,7 @@ pub async fn run(
         crls: config.tls.crls.clone(),
     };
     let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    let reloader = Reloader::new(files, acceptor.clone());
     let limits = &config.limits;
     let accept_limits = AcceptLimits {
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
@@ -147,6 +151,9 @@ pub async fn run(
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
+    let poll =
+        (config.tls.reload_poll_ms > 0).then(|| Duration::from_millis(config.tls.reload_poll_ms));
+    let reload_task = reloader.spawn(poll, stop_rx.clone());
 
     let max_bytes = limits.max_request_bytes;
     let intake = IntakeServer::new(IntakeService::new(store.clone(), rules))
@@ -165,6 +172,10 @@ pub async fn run(
         .add_service(InterceptedService::new(
             registry,
             Authorize::new(store.clone(), Role::Registry),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(AdminService::new(store.clone(), reloader)),
+            Authorize::new(store.clone(), Role::Admin),
         ));
 
     tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
@@ -185,6 +196,8 @@ pub async fn run(
             tracing::warn!("calls still in flight after the grace period: shutdown forced");
         }
     }
+    let _ = stop_tx.send(true);
+    reload_task.abort();
     store.sync().await?;
     tracing::info!("stopped");
     Ok(())
