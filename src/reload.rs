@@ -164,20 +164,22 @@ impl Reloader {
     }
 
     /// Starts the background task: reloads on SIGHUP (Unix) and, with `poll`,
-    /// when a file's mtime or size changes. Ends when `stop` turns true.
+    /// when a file's mtime or size changes. Ends when `stop` turns true. Must be
+    /// called within a tokio runtime.
     pub fn spawn(&self, poll: Option<Duration>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let this = self.clone();
+        // Registered before the task starts, so a SIGHUP that arrives once the
+        // server answers calls reloads rather than ending the process.
+        #[cfg(unix)]
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload via the admin call or file changes");
+                None
+            }
+        };
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload via the admin call or file changes");
-                    None
-                }
-            };
             let mut tick = poll.map(tokio::time::interval);
             loop {
                 #[cfg(unix)]
