@@ -53,6 +53,15 @@ pub struct TlsConfig {
     /// 0 turns polling off (SIGHUP and the admin call still reload).
     #[serde(default = "default_reload_poll_ms")]
     pub reload_poll_ms: u64,
+    /// How often (ms) open connections are checked against revocation,
+    /// retirement and suspension; a connection found no longer allowed twice in
+    /// a row is closed. 0 turns closing off (calls are refused either way).
+    #[serde(default = "default_close_revoked_every_ms")]
+    pub close_revoked_every_ms: u64,
+}
+
+fn default_close_revoked_every_ms() -> u64 {
+    5000
 }
 
 fn default_reload_poll_ms() -> u64 {
@@ -154,6 +163,7 @@ impl Default for Config {
                 client_ca: dev("ca.pem"),
                 crls: Vec::new(),
                 reload_poll_ms: default_reload_poll_ms(),
+                close_revoked_every_ms: default_close_revoked_every_ms(),
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),

@@ -15,6 +15,7 @@
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
 //! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
+//! - [`connections`]: open connections by certificate; closes revoked ones.
 //! - [`reload`]: reloads the TLS material without a restart.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
@@ -25,6 +26,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod proto;
 pub mod reload;

@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::config::{Config, ConfigError};
+use crate::connections::Connections;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::intake_server::IntakeServer;
 use crate::proto::registry_server::RegistryServer;
@@ -150,7 +152,14 @@ pub async fn run(
     };
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
+    let connections = Connections::new();
+    let tracked = connections.clone();
+    let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone())
+        .map(move |conn| conn.map(|c| tracked.track(c)));
+    let sweeper = (config.tls.close_revoked_every_ms > 0).then(|| {
+        let every = Duration::from_millis(config.tls.close_revoked_every_ms);
+        connections.spawn_sweeper(store.clone(), every, stop_rx.clone())
+    });
     let poll =
         (config.tls.reload_poll_ms > 0).then(|| Duration::from_millis(config.tls.reload_poll_ms));
     let reload_task = reloader.spawn(poll, stop_rx.clone());
@@ -198,6 +207,9 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     reload_task.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     store.sync().await?;
     tracing::info!("stopped");
     Ok(())

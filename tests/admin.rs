@@ -780,3 +780,109 @@ async fn sighup_reloads_the_server_certificate() {
     .await;
     assert!(seen, "SIGHUP did not reload the server certificate");
 }
+
+/// A raw TLS + HTTP/2 connection as `name` (preface and SETTINGS sent), to watch
+/// the connection itself rather than a channel that reconnects on its own.
+async fn raw_h2(
+    server: &TestServer,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let certs = server.certs();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in schakel::tls::load_certs(&certs.join("ca.pem")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let chain = schakel::tls::load_certs(&certs.join(format!("{name}.pem"))).unwrap();
+    let key = schakel::tls::load_key(&certs.join(format!("{name}.key"))).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+/// Reads HTTP/2 frames until a PING ACK (true) or the end of the connection (false).
+async fn read_until_ping_ack_or_eof(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut header = [0u8; 9];
+        if tls.read_exact(&mut header).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        if header[3] == 6 && header[4] & 1 == 1 {
+            return true;
+        }
+    }
+}
+
+async fn ping(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    tls.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_open_connections_of_a_revoked_certificate_are_closed() {
+    let server = TestServer::start_with(|c| c.tls.close_revoked_every_ms = 100).await;
+    let mut revoked = raw_h2(&server, SUPPLIER_B).await;
+    let mut kept = raw_h2(&server, SUPPLIER_A).await;
+    // Both connections are up: each answers a PING.
+    ping(&mut revoked).await;
+    assert!(read_until_ping_ack_or_eof(&mut revoked).await);
+    ping(&mut kept).await;
+    assert!(read_until_ping_ack_or_eof(&mut kept).await);
+
+    admin(&server)
+        .await
+        .revoke_certificate(CertificateRef {
+            fingerprint: fingerprint_of(&server, SUPPLIER_B),
+        })
+        .await
+        .unwrap();
+    // The revoked certificate's connection ends (bounded: the sweeper runs
+    // every 100 ms; a test-level timeout guards against a hang).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            ping(&mut revoked).await;
+            if !read_until_ping_ack_or_eof(&mut revoked).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked certificate's connection stayed open"
+    );
+    // The other supplier's connection is untouched.
+    ping(&mut kept).await;
+    assert!(read_until_ping_ack_or_eof(&mut kept).await);
+}
