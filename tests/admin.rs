@@ -156,6 +156,18 @@ async fn rotation_with_overlap_then_the_old_certificate_stops_at_its_retire_time
         "CERTIFICATE_RETIRED",
     );
     assert_eq!(submit(&mut new, "new-3").await.unwrap(), 1);
+    // Retired is final: a later retire time does not bring it back.
+    assert_refused(
+        admin
+            .retire_certificate(RetireCertificateRequest {
+                fingerprint: old_fp.clone(),
+                at: humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(3600))
+                    .to_string(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "CERTIFICATE_ALREADY_RETIRED",
+    );
 
     let list = admin
         .list_certificates(ListCertificatesRequest {

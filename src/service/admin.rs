@@ -143,6 +143,14 @@ impl AdminService {
                     }),
                 };
             }
+            if let (Stop::Retire(_), Some(t)) = (change, identity.retire_at) {
+                if t <= now {
+                    return Err(ServiceError::FailedPrecondition {
+                        code: "CERTIFICATE_ALREADY_RETIRED",
+                        message: format!("certificate {fingerprint} is retired already"),
+                    });
+                }
+            }
             if identity.role == Role::Admin && identity.is_active(now) {
                 let others = store
                     .identities()?
