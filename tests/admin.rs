@@ -898,3 +898,91 @@ async fn the_open_connections_of_a_revoked_certificate_are_closed() {
     ping(&mut kept).await;
     assert!(read_until_ping_ack_or_eof(&mut kept).await);
 }
+
+/// Runs `schakel admin <args>` against the test server as the admin; (exit ok, stdout, stderr).
+async fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let certs = server.certs();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"));
+    command
+        .arg("admin")
+        .arg("--server")
+        .arg(server.url())
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("admin.pem"))
+        .arg("--key")
+        .arg(certs.join("admin.key"))
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_rotates_a_certificate_as_the_readme_says() {
+    let server = TestServer::start().await;
+    new_client_cert(&server, "supplier-a-2027", &ClientCertOptions::default());
+    let pem = server.certs().join("supplier-a-2027.pem");
+    let (ok, out, err) = cli(
+        &server,
+        &[
+            "certs",
+            "add",
+            "--pem",
+            pem.to_str().unwrap(),
+            "--role",
+            "supplier",
+            "--supplier",
+            SUPPLIER_A,
+            "--name",
+            "supplier-a 2027",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let added: Vec<CertificateInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        added[0].fingerprint,
+        fingerprint_of(&server, "supplier-a-2027")
+    );
+
+    let old = fingerprint_of(&server, SUPPLIER_A);
+    let (ok, out, err) = cli(&server, &["certs", "retire", &old[..12], "--at", "+1h"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&old) && out.contains("retiring"), "{out}");
+
+    let (ok, out, err) = cli(&server, &["certs", "list", "--supplier", SUPPLIER_A]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("FINGERPRINT"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+
+    // A refusal exits non-zero and names the stable code.
+    let admin_fp = fingerprint_of(&server, ADMIN);
+    let (ok, _, err) = cli(&server, &["certs", "revoke", &admin_fp]).await;
+    assert!(!ok);
+    assert!(err.contains("LAST_ADMIN"), "{err}");
+
+    let (ok, out, err) = cli(&server, &["audit", "--from", "1h", "--json"]).await;
+    assert!(ok, "{err}");
+    let events: Vec<AuditEntry> = serde_json::from_str(&out).unwrap();
+    let actions: Vec<_> = events
+        .iter()
+        .filter(|e| e.action != "admin.list_certificates")
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin.add_certificate", "ok"),
+            ("admin.retire_certificate", "ok"),
+            ("admin.revoke_certificate", "refused: LAST_ADMIN"),
+        ]
+    );
+}
