@@ -216,3 +216,51 @@ impl Reloader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::dev::TestCa;
+
+    fn setup(dir: &std::path::Path) -> (TestCa, ServerTlsFiles) {
+        let ca = TestCa::new("reload CA").unwrap();
+        let (cert, key) = ca.server_cert().unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        let files = ServerTlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: dir.join("ca.pem"),
+            crls: Vec::new(),
+        };
+        (ca, files)
+    }
+
+    #[tokio::test]
+    async fn broken_material_keeps_the_old_config_and_good_material_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, files) = setup(dir.path());
+        let handle = TlsAcceptorHandle::new(tls::server_config(&files).unwrap());
+        let reloader = Reloader::new(files.clone(), handle.clone());
+        assert!(!reloader.changed());
+        let before = handle.current();
+
+        std::fs::write(&files.key, "garbage").unwrap();
+        assert!(reloader.changed());
+        let err = reloader.reload("test").await.unwrap_err();
+        assert!(err.to_string().contains("server.key"), "{err}");
+        assert!(Arc::ptr_eq(&before, &handle.current()));
+        // The failed attempt is remembered: the poller does not retry it.
+        assert!(!reloader.changed());
+
+        let (cert, key) = ca.server_cert().unwrap();
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        let report = reloader.reload("test").await.unwrap();
+        assert!(!Arc::ptr_eq(&before, &handle.current()));
+        let expected = tls::describe(tls::load_certs(&files.cert).unwrap()[0].as_ref()).unwrap();
+        assert_eq!(report.server.fingerprint, expected.fingerprint);
+        assert_eq!((report.client_cas, report.crls), (1, 0));
+    }
+}

@@ -639,3 +639,57 @@ impl Admin for AdminService {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        let now = SystemTime::now();
+        Identity {
+            fingerprint: "a".repeat(64),
+            role: Role::Supplier,
+            name: "s".into(),
+            supplier_id: Some("s".into()),
+            subject: "CN=s".into(),
+            serial: "01".into(),
+            not_after: now + Duration::from_secs(3600),
+            added_at: now,
+            retire_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn status_follows_revocation_retirement_and_expiry() {
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let mut i = identity();
+        assert_eq!(certificate_status(&i, now), "active");
+        i.retire_at = Some(now + hour);
+        assert_eq!(certificate_status(&i, now), "retiring");
+        assert_eq!(certificate_status(&i, now + hour), "retired");
+        i.revoked_at = Some(now);
+        assert_eq!(certificate_status(&i, now), "revoked");
+        let i = identity();
+        assert_eq!(certificate_status(&i, now + hour * 2), "expired");
+    }
+
+    #[test]
+    fn supplier_ids_and_roles_are_checked() {
+        assert!(validate_supplier_id("his-a_1.x").is_ok());
+        for bad in ["", "a b", "a/b", &"x".repeat(65)] {
+            assert_eq!(
+                validate_supplier_id(bad).unwrap_err().code(),
+                "INVALID_REQUEST"
+            );
+        }
+        assert_eq!(parse_role("admin").unwrap(), Role::Admin);
+        assert_eq!(parse_role("root").unwrap_err().code(), "INVALID_REQUEST");
+        assert!(parse_time("at", "").unwrap().is_none());
+        assert_eq!(
+            parse_time("at", "yesterday").unwrap_err().code(),
+            "INVALID_REQUEST"
+        );
+    }
+}
