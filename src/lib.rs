@@ -14,7 +14,8 @@
 //!   the development PKI.
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
-//! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
+//! - [`service`]: thin tonic adapters (intake, registry, admin) and the auth
+//!   interceptor.
 //! - [`connections`]: open connections by certificate; closes revoked ones.
 //! - [`reload`]: reloads the TLS material without a restart.
 //! - [`server`]: assembles the above and serves until shutdown.

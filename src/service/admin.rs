@@ -67,6 +67,9 @@ impl AdminService {
         let result = work.await;
         let outcome = match &result {
             Ok(_) => "ok".to_owned(),
+            Err(e @ (ServiceError::Store(_) | ServiceError::Internal(_))) => {
+                format!("failed: {}", e.code())
+            }
             Err(e) => format!("refused: {}", e.code()),
         };
         let event = AuditEvent {
