@@ -860,41 +860,56 @@ async fn ping(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) 
     tls.flush().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_open_connections_of_a_revoked_certificate_are_closed() {
-    let server = TestServer::start_with(|c| c.tls.close_revoked_every_ms = 100).await;
-    let mut revoked = raw_h2(&server, SUPPLIER_B).await;
-    let mut kept = raw_h2(&server, SUPPLIER_A).await;
-    // Both connections are up: each answers a PING.
-    ping(&mut revoked).await;
-    assert!(read_until_ping_ack_or_eof(&mut revoked).await);
-    ping(&mut kept).await;
-    assert!(read_until_ping_ack_or_eof(&mut kept).await);
-
-    admin(&server)
-        .await
-        .revoke_certificate(CertificateRef {
-            fingerprint: fingerprint_of(&server, SUPPLIER_B),
-        })
-        .await
-        .unwrap();
-    // The revoked certificate's connection ends (bounded: the sweeper runs
-    // every 100 ms; a test-level timeout guards against a hang).
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+/// Pings until the connection ends (bounded by a guard timeout); true if it ended.
+async fn ends(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            ping(&mut revoked).await;
-            if !read_until_ping_ack_or_eof(&mut revoked).await {
+            ping(tls).await;
+            if !read_until_ping_ack_or_eof(tls).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await;
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn the_open_connections_of_a_revoked_certificate_or_suspended_supplier_are_closed() {
+    let server = TestServer::start_with(|c| c.tls.close_revoked_every_ms = 100).await;
+    let mut revoked = raw_h2(&server, SUPPLIER_B).await;
+    let mut suspended = raw_h2(&server, SUPPLIER_A).await;
+    let mut kept = raw_h2(&server, REGISTRY).await;
+    // All connections are up: each answers a PING.
+    for conn in [&mut revoked, &mut suspended, &mut kept] {
+        ping(conn).await;
+        assert!(read_until_ping_ack_or_eof(conn).await);
+    }
+
+    let mut admin = admin(&server).await;
+    admin
+        .revoke_certificate(CertificateRef {
+            fingerprint: fingerprint_of(&server, SUPPLIER_B),
+        })
+        .await
+        .unwrap();
+    admin
+        .suspend_supplier(SupplierRef {
+            id: SUPPLIER_A.into(),
+        })
+        .await
+        .unwrap();
+    // The sweeper runs every 100 ms; the guard timeout only prevents a hang.
     assert!(
-        ended.is_ok(),
+        ends(&mut revoked).await,
         "the revoked certificate's connection stayed open"
     );
-    // The other supplier's connection is untouched.
+    assert!(
+        ends(&mut suspended).await,
+        "the suspended supplier's connection stayed open"
+    );
+    // The registry's connection is untouched.
     ping(&mut kept).await;
     assert!(read_until_ping_ack_or_eof(&mut kept).await);
 }
