@@ -49,6 +49,23 @@ pub struct TlsConfig {
     /// PEM CRLs; a client certificate listed in one fails the handshake.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// How often (ms) to check the files above for changes and reload them;
+    /// 0 turns polling off (SIGHUP and the admin call still reload).
+    #[serde(default = "default_reload_poll_ms")]
+    pub reload_poll_ms: u64,
+    /// How often (ms) open connections are checked against revocation,
+    /// retirement and suspension; a connection found no longer allowed twice in
+    /// a row is closed. 0 turns closing off (calls are refused either way).
+    #[serde(default = "default_close_revoked_every_ms")]
+    pub close_revoked_every_ms: u64,
+}
+
+fn default_close_revoked_every_ms() -> u64 {
+    5000
+}
+
+fn default_reload_poll_ms() -> u64 {
+    5000
 }
 
 /// Limits on everything a client can make the gateway hold.
@@ -152,6 +169,8 @@ impl Default for Config {
                 key: dev("server.key"),
                 client_ca: dev("ca.pem"),
                 crls: Vec::new(),
+                reload_poll_ms: default_reload_poll_ms(),
+                close_revoked_every_ms: default_close_revoked_every_ms(),
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),

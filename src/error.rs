@@ -81,6 +81,40 @@ pub enum ServiceError {
     /// An internal invariant failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The named thing does not exist (admin calls).
+    #[error("{message}")]
+    NotFound {
+        /// Stable code, e.g. "SUPPLIER_NOT_FOUND".
+        code: &'static str,
+        /// What was looked for (ids only).
+        message: String,
+    },
+    /// The thing to create exists already (admin calls).
+    #[error("{message}")]
+    AlreadyExists {
+        /// Stable code, e.g. "SUPPLIER_EXISTS".
+        code: &'static str,
+        /// What exists (ids only).
+        message: String,
+    },
+    /// The request is well-formed but refused in the current state, e.g.
+    /// revoking the last working admin certificate ("LAST_ADMIN").
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Stable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// An input that is refused with a specific code (a certificate from
+    /// another CA: "CERTIFICATE_UNTRUSTED").
+    #[error("{message}")]
+    Rejected {
+        /// Stable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
 }
 
 impl ServiceError {
@@ -104,6 +138,10 @@ impl ServiceError {
             ServiceError::Malformed(_) => "MALFORMED_MESSAGE",
             ServiceError::Overloaded { .. } => "RATE_LIMITED",
             ServiceError::Internal(_) => "INTERNAL",
+            ServiceError::NotFound { code, .. }
+            | ServiceError::AlreadyExists { code, .. }
+            | ServiceError::FailedPrecondition { code, .. }
+            | ServiceError::Rejected { code, .. } => code,
         }
     }
 
@@ -121,6 +159,10 @@ impl ServiceError {
             ServiceError::WrongRole { .. }
             | ServiceError::SupplierSuspended(_)
             | ServiceError::UnknownSupplier(_) => Code::PermissionDenied,
+            ServiceError::NotFound { .. } => Code::NotFound,
+            ServiceError::AlreadyExists { .. } => Code::AlreadyExists,
+            ServiceError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            ServiceError::Rejected { .. } => Code::InvalidArgument,
         }
     }
 }

@@ -15,7 +15,10 @@
 //!   the development PKI.
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
-//! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
+//! - [`service`]: thin tonic adapters (intake, registry, admin) and the auth
+//!   interceptor.
+//! - [`connections`]: open connections by certificate; closes revoked ones.
+//! - [`reload`]: reloads the TLS material without a restart.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
 //! - [`cli`]: the `schakel` subcommands.
@@ -26,8 +29,10 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod proto;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod service;

@@ -11,12 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::config::{Config, ConfigError};
+use crate::connections::Connections;
+use crate::proto::admin_server::AdminServer;
 use crate::proto::intake_server::IntakeServer;
 use crate::proto::registry_server::RegistryServer;
+use crate::reload::Reloader;
+use crate::service::admin::AdminService;
 use crate::service::auth::Authorize;
 use crate::service::intake::IntakeService;
 use crate::service::limits::{Limiter, LimiterConfig};
@@ -232,6 +237,7 @@ async fn serve_once(
         crls: config.tls.crls.clone(),
     };
     let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    let reloader = Reloader::new(files, acceptor.clone());
     let limits = &config.limits;
     let accept_limits = AcceptLimits {
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
@@ -240,7 +246,17 @@ async fn serve_once(
     };
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
+    let connections = Connections::new();
+    let tracked = connections.clone();
+    let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone())
+        .map(move |conn| conn.map(|c| tracked.track(c)));
+    let sweeper = (config.tls.close_revoked_every_ms > 0).then(|| {
+        let every = Duration::from_millis(config.tls.close_revoked_every_ms);
+        connections.spawn_sweeper(store.clone(), every, stop_rx.clone())
+    });
+    let poll =
+        (config.tls.reload_poll_ms > 0).then(|| Duration::from_millis(config.tls.reload_poll_ms));
+    let reload_task = reloader.spawn(poll, stop_rx.clone());
 
     let max_bytes = limits.max_request_bytes;
     let limiter = limiter(limits);
@@ -263,6 +279,10 @@ async fn serve_once(
         .add_service(InterceptedService::new(
             registry,
             Authorize::new(store.clone(), Role::Registry),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(AdminService::new(store.clone(), reloader)),
+            Authorize::new(store.clone(), Role::Admin),
         ));
 
     tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
@@ -287,6 +307,11 @@ async fn serve_once(
         } => {
             tracing::warn!("calls still in flight after the grace period: shutdown forced");
         }
+    }
+    let _ = stop_tx.send(true);
+    reload_task.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
     }
     if let Some(e) = failure {
         return Err(ServerError::StoreFailed(e));

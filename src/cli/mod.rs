@@ -5,6 +5,7 @@
 //! `anyhow` is used here and in `main` only: this is where errors end up as
 //! text for a person.
 
+pub mod admin;
 mod pull;
 mod push;
 mod serve;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Certificate tools.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Administration over mTLS with an admin certificate: suppliers,
+    /// certificates, audit log, TLS reload.
+    Admin(admin::AdminArgs),
 }
 
 /// Which config to use.
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Admin(args) => admin::admin(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     result.unwrap_or_else(|e| {

@@ -4,6 +4,7 @@
 //! [`auth::Authorize`] interceptor; domain errors become `tonic::Status` only in
 //! `crate::error`.
 
+pub mod admin;
 pub mod auth;
 pub mod intake;
 pub mod limits;

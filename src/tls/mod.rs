@@ -18,6 +18,7 @@
 
 pub mod acceptor;
 pub mod dev;
+pub mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;
