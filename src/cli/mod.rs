@@ -8,6 +8,8 @@
 mod pull;
 mod push;
 mod serve;
+mod files;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +44,8 @@ pub enum Command {
     /// Certificate tools.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check export files offline (no server): same rules, same error report.
+    Validate(validate::ValidateArgs),
 }
 
 /// Which config to use.
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Validate(args) => validate::validate(&args),
         }
     });
     result.unwrap_or_else(|e| {

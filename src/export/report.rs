@@ -17,7 +17,7 @@ use prost::Message;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{ParsedFile, ParsedRecord, RowProblem};
+use super::{ParsedRecord, RowProblem};
 use crate::proto::{
     self, BatchHeader, BatchReceipt, RecordResult, RecordStatus, VaccinationRecord,
 };
@@ -416,7 +416,7 @@ fn csv_cell(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::parse;
+    use crate::export::{parse, ParsedFile};
 
     const TODAY: time::Date = time::macros::date!(2021 - 06 - 01);
 
