@@ -33,3 +33,4 @@ pub mod store;
 pub mod testkit;
 pub mod tls;
 pub mod export;
+pub mod fhir;
