@@ -26,7 +26,8 @@ pub const AGB_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/agb-z";
 /// Code system of the G-Standaard HPK.
 pub const HPK_SYSTEM: &str = "urn:oid:2.16.840.1.113883.2.4.4.7";
 /// Code system of EU product numbers (as in the EU DCC value sets).
-pub const EU_PRODUCT_SYSTEM: &str = "https://ec.europa.eu/health/documents/community-register/html/";
+pub const EU_PRODUCT_SYSTEM: &str =
+    "https://ec.europa.eu/health/documents/community-register/html/";
 /// SNOMED CT.
 pub const SNOMED_SYSTEM: &str = "http://snomed.info/sct";
 /// SNOMED CT: COVID-19.
@@ -141,7 +142,8 @@ pub fn immunization(delivered: &DeliveredRecord) -> Value {
         if !v.eu_product_number.is_empty() {
             codings.push(json!({ "system": EU_PRODUCT_SYSTEM, "code": v.eu_product_number }));
         }
-        let product = products::by_hpk(&v.hpk_code).or(products::by_eu_number(&v.eu_product_number));
+        let product =
+            products::by_hpk(&v.hpk_code).or(products::by_eu_number(&v.eu_product_number));
         if let Some(product) = product {
             codings.push(json!({
                 "system": SNOMED_SYSTEM,
@@ -184,7 +186,8 @@ pub fn immunization(delivered: &DeliveredRecord) -> Value {
         }]);
     }
     if !record.refers_to.is_empty() {
-        resource["note"] = json!([{ "text": format!("{status}: replaces message id {}", record.refers_to) }]);
+        resource["note"] =
+            json!([{ "text": format!("{status}: replaces message id {}", record.refers_to) }]);
     }
     if record.is_test {
         resource["meta"] = json!({ "tag": [{ "system": "urn:schakel:tag", "code": "test", "display": "test record" }] });
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(r["resourceType"], "Immunization");
         assert_eq!(sequence_of(&r), Some(42));
         assert_eq!(r["identifier"][0]["value"], "M-1");
-        assert_eq!(r["identifier"][0]["system"], "urn:schakel:message-id:supplier-a");
+        assert_eq!(
+            r["identifier"][0]["system"],
+            "urn:schakel:message-id:supplier-a"
+        );
         assert_eq!(r["status"], "completed");
         assert_eq!(r["patient"]["identifier"]["system"], BSN_SYSTEM);
         assert_eq!(r["patient"]["identifier"]["value"], "249566758");
@@ -230,8 +236,14 @@ mod tests {
         assert_eq!(coding[2]["code"], products::SNOMED_MRNA);
         assert_eq!(r["occurrenceDateTime"], "2021-03-04");
         assert_eq!(r["lotNumber"], "EW2243");
-        assert_eq!(r["performer"][0]["actor"]["identifier"]["system"], AGB_SYSTEM);
-        assert_eq!(r["performer"][0]["actor"]["identifier"]["value"], "01234567");
+        assert_eq!(
+            r["performer"][0]["actor"]["identifier"]["system"],
+            AGB_SYSTEM
+        );
+        assert_eq!(
+            r["performer"][0]["actor"]["identifier"]["value"],
+            "01234567"
+        );
         let applied = &r["protocolApplied"][0];
         assert_eq!(applied["targetDisease"][0]["coding"][0]["code"], COVID_19);
         assert_eq!(applied["doseNumberPositiveInt"], 1);
@@ -266,7 +278,10 @@ mod tests {
         rec.patient.as_mut().unwrap().birth_date = "1961-XX-XX".into();
         let r = immunization(&delivered(rec));
         assert_eq!(r["status"], "entered-in-error");
-        assert_eq!(r["performer"][0]["actor"]["identifier"]["system"], URA_SYSTEM);
+        assert_eq!(
+            r["performer"][0]["actor"]["identifier"]["system"],
+            URA_SYSTEM
+        );
         assert_eq!(r["contained"][0]["birthDate"], "1961");
         assert_eq!(fhir_birth_date("1961-04-XX"), "1961-04");
     }

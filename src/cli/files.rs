@@ -55,7 +55,10 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
 /// Where a report goes: `PREFIX.errors.{csv,json}`, or without a prefix
 /// `FILE.errors.{csv,json}` next to the input.
 pub fn report_paths(prefix: Option<&Path>, input: &Path) -> (PathBuf, PathBuf) {
-    let base = prefix.map_or_else(|| input.as_os_str().to_owned(), |p| p.as_os_str().to_owned());
+    let base = prefix.map_or_else(
+        || input.as_os_str().to_owned(),
+        |p| p.as_os_str().to_owned(),
+    );
     let with = |ext: &str| {
         let mut s = base.clone();
         s.push(ext);

@@ -5,10 +5,10 @@
 //! `anyhow` is used here and in `main` only: this is where errors end up as
 //! text for a person.
 
+mod files;
 mod pull;
 mod push;
 mod serve;
-mod files;
 pub mod validate;
 
 use std::path::PathBuf;

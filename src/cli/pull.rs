@@ -265,7 +265,13 @@ pub(super) async fn pull(args: PullArgs) -> anyhow::Result<()> {
             })
             .await?
             .into_inner();
-        let count = |o: TokenOutcome| acked.results.iter().filter(|r| r.outcome == o as i32).count();
+        let count = |o: TokenOutcome| {
+            acked
+                .results
+                .iter()
+                .filter(|r| r.outcome == o as i32)
+                .count()
+        };
         let (ok, already, expired) = (
             count(TokenOutcome::Acked),
             count(TokenOutcome::AlreadyAcked),
@@ -285,7 +291,9 @@ pub(super) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                 String::new()
             },
             if expired > 0 {
-                format!(", lease expired {expired} (delivered again later; not written twice to --out)")
+                format!(
+                    ", lease expired {expired} (delivered again later; not written twice to --out)"
+                )
             } else {
                 String::new()
             }

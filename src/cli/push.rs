@@ -259,7 +259,10 @@ mod tests {
         for attempt in 0..20 {
             let ceiling = 200u64.saturating_mul(1 << attempt.min(6)).min(10_000);
             let d = backoff(attempt).as_millis() as u64;
-            assert!((ceiling / 2..=ceiling).contains(&d), "attempt {attempt}: {d}");
+            assert!(
+                (ceiling / 2..=ceiling).contains(&d),
+                "attempt {attempt}: {d}"
+            );
         }
         assert!(retryable(Code::Unavailable) && retryable(Code::ResourceExhausted));
         assert!(!retryable(Code::InvalidArgument) && !retryable(Code::PermissionDenied));

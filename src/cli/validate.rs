@@ -105,7 +105,9 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     if inputs.len() > 1 {
         println!("total: {}", total.line());
     }
-    println!("(offline: duplicates of what the gateway received in earlier runs show only when pushing)");
+    println!(
+        "(offline: duplicates of what the gateway received in earlier runs show only when pushing)"
+    );
     Ok(if total.rejected > 0 {
         ExitCode::from(2)
     } else {

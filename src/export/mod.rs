@@ -129,7 +129,9 @@ pub enum ExportError {
     )]
     NoMessageIdColumn,
     /// The CSV header names a column we do not know.
-    #[error("the header row (line 1) names an unknown column {name:?}; the known columns are: {known}")]
+    #[error(
+        "the header row (line 1) names an unknown column {name:?}; the known columns are: {known}"
+    )]
     UnknownColumn {
         /// The column header as written.
         name: String,
@@ -669,13 +671,17 @@ mod tests {
     #[test]
     fn reads_ndjson_with_enum_names_and_reports_bad_lines() {
         let good = serde_json::to_string(&crate::testkit::record("N-1")).unwrap();
-        let text = format!("{good}\n\n{{\"message_id\":\"N-2\",\"consent\":\"PERHAPS\"}}\nnot json\n");
+        let text =
+            format!("{good}\n\n{{\"message_id\":\"N-2\",\"consent\":\"PERHAPS\"}}\nnot json\n");
         let f = parse("x.ndjson", text.as_bytes()).unwrap();
         assert_eq!(f.format, Format::Ndjson);
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.records[0].record, crate::testkit::record("N-1"));
         assert_eq!(f.problems.len(), 2);
-        assert_eq!((f.problems[0].line, f.problems[0].message_id.as_str()), (3, "N-2"));
+        assert_eq!(
+            (f.problems[0].line, f.problems[0].message_id.as_str()),
+            (3, "N-2")
+        );
         assert!(!f.problems[0].message.contains("PERHAPS"));
         assert_eq!(f.problems[1].line, 4);
     }

@@ -318,20 +318,23 @@ impl Report {
         self.summary.duplicate += u64::from(receipt.duplicate);
         self.summary.rejected += u64::from(receipt.rejected);
         let header = receipt.header.as_ref().unwrap_or(&batch.header);
-        let entry = |line: u64, message_id: &str, status: &str, field: &str, code: &str, message: &str| Entry {
-            file_name: file_name.to_owned(),
-            batch_id: header.batch_id.clone(),
-            source_system: header.source_system.clone(),
-            created_at: header.created_at.clone(),
-            record_count: header.record_count,
-            line,
-            message_id: message_id.to_owned(),
-            status: status.to_owned(),
-            field: field.to_owned(),
-            code: code.to_owned(),
-            message: message.to_owned(),
-            received_at: receipt.received_at.clone(),
-        };
+        let entry =
+            |line: u64, message_id: &str, status: &str, field: &str, code: &str, message: &str| {
+                Entry {
+                    file_name: file_name.to_owned(),
+                    batch_id: header.batch_id.clone(),
+                    source_system: header.source_system.clone(),
+                    created_at: header.created_at.clone(),
+                    record_count: header.record_count,
+                    line,
+                    message_id: message_id.to_owned(),
+                    status: status.to_owned(),
+                    field: field.to_owned(),
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                    received_at: receipt.received_at.clone(),
+                }
+            };
         for r in &receipt.results {
             let line = batch.lines.get(r.index as usize).copied().unwrap_or(0);
             match RecordStatus::try_from(r.status) {
@@ -422,7 +425,10 @@ mod tests {
 
     fn example() -> (ParsedFile, &'static str) {
         let text = include_str!("../../examples/export-2021-03-04.csv");
-        (parse("export-2021-03-04.csv", text.as_bytes()).unwrap(), text)
+        (
+            parse("export-2021-03-04.csv", text.as_bytes()).unwrap(),
+            text,
+        )
     }
 
     #[test]
@@ -434,7 +440,12 @@ mod tests {
         assert_eq!(a[2].records.len(), 1);
         assert_eq!(a[2].header.record_count, 1);
         let ids: Vec<_> = a.iter().map(|b| b.header.batch_id.clone()).collect();
-        assert_eq!(ids, b.iter().map(|b| b.header.batch_id.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            ids,
+            b.iter()
+                .map(|b| b.header.batch_id.clone())
+                .collect::<Vec<_>>()
+        );
         assert!(ids[0].starts_with("e-") && ids[0].ends_with("-0001"));
         let other = plan_batches("e.csv", b"other", &f.records, 3, "HIS", "t1");
         assert_ne!(other[0].header.batch_id, ids[0]);
@@ -489,7 +500,10 @@ mod tests {
             lines: vec![2, 3, 4],
         };
         let receipt = OfflineJudge::new(Rules::default(), TODAY).judge(&batch, "t");
-        assert_eq!((receipt.accepted, receipt.duplicate, receipt.rejected), (1, 1, 1));
+        assert_eq!(
+            (receipt.accepted, receipt.duplicate, receipt.rejected),
+            (1, 1, 1)
+        );
         assert_eq!(receipt.results[0].findings[0].code, "CONFLICTING_DUPLICATE");
         assert_eq!(receipt.results[1].status, RecordStatus::Duplicate as i32);
     }
