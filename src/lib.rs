@@ -17,6 +17,9 @@
 //! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
+//! - [`export`]: export files (CSV, NDJSON) read into records with line numbers;
+//!   batches, the offline judgement and the error report. No I/O.
+//! - [`fhir`]: a delivered record as a FHIR R4 Immunization. No I/O.
 //! - [`cli`]: the `schakel` subcommands.
 //! - [`testkit`]: a real gateway on a fresh PKI, for tests and the benchmark.
 #![forbid(unsafe_code)]
