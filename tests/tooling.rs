@@ -726,3 +726,61 @@ async fn records_written_but_not_acknowledged_are_acked_without_writing_again() 
         .records;
     assert!(left.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_retries_while_the_gateway_is_unavailable() {
+    // The harness's config (PKI, identities), served later on a port we choose.
+    let mut server = TestServer::start().await;
+    server.stop().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "later.ndjson", &ndjson_records("L", 20));
+    let mut args = strings(&["push", input.to_str().unwrap(), "--attempts", "30"]);
+    args.extend(connect_args(&server, SUPPLIER_A));
+    let i = args.iter().position(|a| a == "--server").unwrap();
+    args[i + 1] = format!("https://localhost:{port}");
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next_line().await.unwrap().expect("a retry line");
+        if line.contains("Unavailable") && line.contains("retrying") {
+            break;
+        }
+    }
+    // Now the gateway comes up on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(schakel::server::run(
+        server.config.clone(),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("push finishes once the gateway is up")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("accepted 20, duplicate 0, rejected 0"),
+        "{stdout}"
+    );
+    let _ = tx.send(());
+    serving.await.unwrap().unwrap();
+}

@@ -158,7 +158,9 @@ async fn send_all(
 pub(super) async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let inputs = read_inputs(&args.files)?;
     let files = args.connect.files("supplier-a");
-    let channel = crate::client::connect(&args.connect.server, &files).await?;
+    // Lazy: a gateway that is not reachable yet answers UNAVAILABLE per batch,
+    // which is retried like any other transient failure.
+    let channel = crate::client::endpoint(&args.connect.server, &files)?.connect_lazy();
     let client = IntakeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let created_at = crate::service::timestamp(std::time::SystemTime::now());
     let total_records: u64 = inputs.iter().map(|i| i.parsed.records.len() as u64).sum();
@@ -179,6 +181,14 @@ pub(super) async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             args.batch_size,
             source_system,
             &created_at,
+        );
+        eprintln!(
+            "{}: sending {} records in {} batches ({} in flight); if interrupted, run the same \
+             command again: the gateway deduplicates by message id",
+            input.file_name,
+            input.parsed.records.len(),
+            batches.len(),
+            args.in_flight.max(1)
         );
         let (receipts, file_failures) =
             send_all(&client, &batches, &args, &input.file_name, &mut progress).await;
