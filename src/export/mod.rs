@@ -262,12 +262,14 @@ fn split_rows(text: &str, separator: u8) -> Result<Vec<Row>, ExportError> {
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
-                if row_has_content || !cell.is_empty() || !cells.is_empty() {
+                if row_has_content {
                     cells.push(std::mem::take(&mut cell));
                     rows.push(Row {
                         line: row_line,
                         cells: std::mem::take(&mut cells),
                     });
+                } else {
+                    cell.clear();
                 }
                 row_has_content = false;
                 line += 1;
@@ -328,6 +330,10 @@ fn parse_csv(text: &str) -> Result<ParsedFile, ExportError> {
         source_system: None,
     };
     for row in rows {
+        // Spreadsheets export empty rows as ";;;;": skip them like blank lines.
+        if row.cells.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
         let message_id = row
             .cells
             .get(id_col)
@@ -572,13 +578,18 @@ mod tests {
 
     #[test]
     fn reads_a_semicolon_csv_into_records_with_lines() {
-        let text = csv(&[GOOD, "", &GOOD.replace("EX-1", "EX-2")]);
+        let text = csv(&[
+            GOOD,
+            ";;;;;;;;;;;;;;;;;;;;",
+            "   ",
+            &GOOD.replace("EX-1", "EX-2"),
+        ]);
         let f = parse("day.csv", text.as_bytes()).unwrap();
         assert_eq!(f.format, Format::Csv { separator: b';' });
         assert!(f.problems.is_empty());
         assert_eq!(f.records.len(), 2);
         assert_eq!(f.records[0].line, 2);
-        assert_eq!(f.records[1].line, 4);
+        assert_eq!(f.records[1].line, 5);
         let r = &f.records[0].record;
         assert_eq!(r.message_id, "EX-1");
         assert_eq!(r.action, Action::Register as i32);
