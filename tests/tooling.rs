@@ -377,27 +377,12 @@ fn ndjson_records(prefix: &str, n: usize) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_interrupted_push_rerun_adds_nothing_twice() {
-    const N: usize = 3000;
-    let server = TestServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "big.ndjson", &ndjson_records("P", N));
-    let mut args = strings(&[
-        "push",
-        input.to_str().unwrap(),
-        "--batch-size",
-        "50",
-        "--in-flight",
-        "2",
-    ]);
-    args.extend(connect_args(&server, SUPPLIER_A));
-
-    // Kill the first run once it has reported a finished batch.
+/// Starts `schakel` with `args` and waits until it reports a finished batch.
+async fn push_until_a_batch_is_done(args: &[String]) -> tokio::process::Child {
     let mut child = Command::new(BIN)
-        .args(&args)
+        .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -413,8 +398,54 @@ async fn an_interrupted_push_rerun_adds_nothing_twice() {
             break;
         }
     }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_push_rerun_adds_nothing_twice() {
+    const N: usize = 6000;
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "big.ndjson", &ndjson_records("P", N));
+    let mut args = strings(&[
+        "push",
+        input.to_str().unwrap(),
+        "--batch-size",
+        "10",
+        "--in-flight",
+        "1",
+    ]);
+    args.extend(connect_args(&server, SUPPLIER_A));
+
+    // 1: SIGTERM: it finishes the batch under way, writes the report, says so.
+    let child = push_until_a_batch_is_done(&args).await;
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("push stops after SIGTERM")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("The run did not complete. Re-running the same files is safe"),
+        "{stdout}"
+    );
+    let first = read_json(&dir.path().join("big.ndjson.errors.json"));
+    let sent_first = first["summary"]["accepted"].as_u64().unwrap();
+    assert!((10..N as u64).contains(&sent_first), "{sent_first}");
+
+    // 2: SIGKILL: no report, no goodbye.
+    let mut child = push_until_a_batch_is_done(&args).await;
     child.kill().await.unwrap();
 
+    // 3: to the end.
     let run = schakel(&args).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("Re-running the same files is safe"));
@@ -424,9 +455,10 @@ async fn an_interrupted_push_rerun_adds_nothing_twice() {
         report["summary"]["duplicate"].as_u64().unwrap(),
     );
     assert_eq!(acc + dup, N as u64);
+    // What the first run accepted comes back DUPLICATE (the killed run may add more).
     assert!(
-        dup >= 50,
-        "the first run finished at least one batch: {dup}"
+        dup >= sent_first,
+        "duplicates {dup} < first run's {sent_first}"
     );
     assert_eq!(report["summary"]["rejected"], 0);
 

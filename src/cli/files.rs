@@ -7,6 +7,8 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -148,4 +150,33 @@ impl Progress {
             eprintln!();
         }
     }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Sets `stop` on the first Ctrl-C or SIGTERM (saying `what` happens now); a
+/// second one ends the process at once (exit 130).
+pub fn watch_signals(stop: Arc<AtomicBool>, what: &'static str) {
+    tokio::spawn(async move {
+        signalled().await;
+        eprintln!("{what} (signal again to stop at once)");
+        stop.store(true, Ordering::SeqCst);
+        signalled().await;
+        eprintln!("stopped at once");
+        std::process::exit(130);
+    });
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::files::watch_signals;
 use super::ConnectArgs;
 use crate::proto::registry_client::RegistryClient;
 use crate::proto::{AckRequest, DeliveredRecord, PullRequest, ReleaseRequest, TokenOutcome};
@@ -145,33 +146,6 @@ fn render(record: &DeliveredRecord, format: OutputFormat) -> anyhow::Result<Vec<
     Ok(line)
 }
 
-/// Sets `stop` on Ctrl-C or SIGTERM.
-fn watch_signals(stop: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        eprintln!("stopping after the current batch is written and acknowledged");
-        stop.store(true, Ordering::SeqCst);
-    });
-}
-
 /// Runs `pull`.
 ///
 /// # Errors
@@ -194,7 +168,10 @@ pub(super) async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let channel = crate::client::connect(&args.connect.server, &files).await?;
     let mut client = RegistryClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop));
+    watch_signals(
+        Arc::clone(&stop),
+        "stopping after the current batch is written and acknowledged",
+    );
     let (mut written, mut skipped) = (0u64, 0u64);
     while !stop.load(Ordering::SeqCst) {
         let request = PullRequest {

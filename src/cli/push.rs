@@ -11,6 +11,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -19,7 +21,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::files::{read_inputs, report_paths, write_report, Progress};
+use super::files::{read_inputs, report_paths, watch_signals, write_report, Progress};
 use super::ConnectArgs;
 use crate::export::report::{plan_batches, PlannedBatch, Report, Summary};
 use crate::proto::intake_client::IntakeClient;
@@ -111,6 +113,7 @@ async fn send_all(
     args: &PushArgs,
     file_name: &str,
     progress: &mut Progress,
+    stop: &AtomicBool,
 ) -> (Vec<Option<BatchReceipt>>, Vec<String>) {
     let mut receipts: Vec<Option<BatchReceipt>> = vec![None; batches.len()];
     let mut failures = Vec::new();
@@ -118,6 +121,16 @@ async fn send_all(
     let mut next = 0usize;
     let total = batches.len();
     loop {
+        if stop.load(Ordering::SeqCst) && failures.is_empty() && next < total {
+            failures.push(format!(
+                "{file_name}: interrupted; batches from line {} on were not sent",
+                batches
+                    .get(next)
+                    .and_then(|b| b.lines.first())
+                    .copied()
+                    .unwrap_or(0)
+            ));
+        }
         while failures.is_empty() && next < total && set.len() < args.in_flight.max(1) {
             let planned = &batches[next];
             let batch = Batch {
@@ -163,6 +176,11 @@ pub(super) async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let channel = crate::client::endpoint(&args.connect.server, &files)?.connect_lazy();
     let client = IntakeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let created_at = crate::service::timestamp(std::time::SystemTime::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(
+        Arc::clone(&stop),
+        "stopping: waiting for the batches under way, then writing the report",
+    );
     let total_records: u64 = inputs.iter().map(|i| i.parsed.records.len() as u64).sum();
     let mut progress = Progress::new(total_records);
     let mut combined = Report::default();
@@ -190,8 +208,15 @@ pub(super) async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             batches.len(),
             args.in_flight.max(1)
         );
-        let (receipts, file_failures) =
-            send_all(&client, &batches, &args, &input.file_name, &mut progress).await;
+        let (receipts, file_failures) = send_all(
+            &client,
+            &batches,
+            &args,
+            &input.file_name,
+            &mut progress,
+            &stop,
+        )
+        .await;
         let mut report = Report::default();
         report.add_problems(
             &input.file_name,
