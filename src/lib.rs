@@ -21,6 +21,9 @@
 //! - [`reload`]: reloads the TLS material without a restart.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
+//! - [`export`]: export files (CSV, NDJSON) read into records with line numbers;
+//!   batches, the offline judgement and the error report. No I/O.
+//! - [`fhir`]: a delivered record as a FHIR R4 Immunization. No I/O.
 //! - [`cli`]: the `schakel` subcommands.
 //! - [`testkit`]: a real gateway on a fresh PKI, for tests and the benchmark.
 #![forbid(unsafe_code)]
@@ -31,6 +34,8 @@ pub mod codec;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod export;
+pub mod fhir;
 pub mod proto;
 pub mod reload;
 pub mod schema;

@@ -6,9 +6,11 @@
 //! text for a person.
 
 pub mod admin;
+mod files;
 mod pull;
 mod push;
 mod serve;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,8 @@ pub enum Command {
     /// Administration over mTLS with an admin certificate: suppliers,
     /// certificates, audit log, TLS reload.
     Admin(admin::AdminArgs),
+    /// Check export files offline (no server): same rules, same error report.
+    Validate(validate::ValidateArgs),
 }
 
 /// Which config to use.
@@ -143,6 +147,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Admin(args) => admin::admin(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Validate(args) => validate::validate(&args),
         }
     });
     result.unwrap_or_else(|e| {
