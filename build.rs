@@ -17,7 +17,10 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["proto/schakel/v1/schakel.proto"];
+    let protos = [
+        "proto/schakel/v1/schakel.proto",
+        "proto/schakel/v1/operations.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
 

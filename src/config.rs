@@ -34,6 +34,34 @@ pub struct Config {
     pub identities: Vec<SeedIdentity>,
     /// Store tuning.
     pub store: StoreConfig,
+    /// Operations: metrics and status page port, delivery monitoring, audit retention.
+    pub ops: OpsConfig,
+}
+
+/// Operations settings (see `crate::ops`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Plain-HTTP port of `/metrics` (Prometheus) and the status page; keep it on
+    /// loopback or an operations network. Absent: no HTTP port.
+    pub http_listen: Option<SocketAddr>,
+    /// A supplier without a batch for this long is overdue, in seconds (26 h).
+    pub overdue_after_secs: u64,
+    /// Audit events older than this many days are purged (5 years).
+    pub audit_retention_days: u64,
+    /// Seconds between checks for overdue suppliers and audit purges.
+    pub check_interval_secs: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            overdue_after_secs: 26 * 3600,
+            audit_retention_days: 5 * 365 + 2,
+            check_interval_secs: 300,
+        }
+    }
 }
 
 /// TLS material of the gRPC port.
@@ -79,6 +107,12 @@ pub struct Limits {
     pub max_concurrent_requests_per_connection: usize,
     /// Seconds the server waits for requests in flight at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Deliveries of a record without an ack before it moves to the dead letters.
+    pub max_deliveries: u32,
+    /// Backoff before a record whose lease expired is delivered again, in
+    /// milliseconds; doubles with every further attempt (the first redelivery
+    /// is immediate), capped at one hour.
+    pub redelivery_backoff_ms: u64,
 }
 
 /// Validation settings.
@@ -167,6 +201,7 @@ impl Default for Config {
                 identity(Role::Admin, "admin", None),
             ],
             store: StoreConfig::default(),
+            ops: OpsConfig::default(),
         }
     }
 }
@@ -186,6 +221,8 @@ impl Default for Limits {
             max_connections: 1_024,
             max_concurrent_requests_per_connection: 64,
             shutdown_grace_secs: 20,
+            max_deliveries: 10,
+            redelivery_backoff_ms: 1_000,
         }
     }
 }
@@ -350,6 +387,10 @@ impl Config {
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection,
             ),
+            ("limits.max_deliveries", l.max_deliveries as usize),
+            ("ops.overdue_after_secs", self.ops.overdue_after_secs as usize),
+            ("ops.audit_retention_days", self.ops.audit_retention_days as usize),
+            ("ops.check_interval_secs", self.ops.check_interval_secs as usize),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));

@@ -67,6 +67,9 @@ pub enum ServiceError {
     /// An internal invariant failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No dead letter with this sequence (requeued or discarded already?).
+    #[error("no dead letter with sequence {0}")]
+    DeadLetterNotFound(u64),
 }
 
 impl ServiceError {
@@ -88,6 +91,7 @@ impl ServiceError {
             ServiceError::UnknownSupplier(_) => "SUPPLIER_NOT_REGISTERED",
             ServiceError::InvalidRequest { .. } => "INVALID_REQUEST",
             ServiceError::Internal(_) => "INTERNAL",
+            ServiceError::DeadLetterNotFound(_) => "DEAD_LETTER_NOT_FOUND",
         }
     }
 
@@ -102,6 +106,7 @@ impl ServiceError {
             ServiceError::WrongRole { .. }
             | ServiceError::SupplierSuspended(_)
             | ServiceError::UnknownSupplier(_) => Code::PermissionDenied,
+            ServiceError::DeadLetterNotFound(_) => Code::NotFound,
         }
     }
 }

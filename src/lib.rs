@@ -15,6 +15,7 @@
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
 //! - [`service`]: thin tonic adapters (intake, registry) and the auth interceptor.
+//! - [`ops`]: metrics, the status page, delivery monitoring, periodic checks.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
 //! - [`cli`]: the `schakel` subcommands.
@@ -31,4 +32,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod testkit;
+pub mod ops;
 pub mod tls;

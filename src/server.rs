@@ -18,7 +18,9 @@ use crate::config::{Config, ConfigError};
 use crate::proto::intake_server::IntakeServer;
 use crate::proto::registry_server::RegistryServer;
 use crate::service::auth::Authorize;
+use crate::proto::operations_server::OperationsServer;
 use crate::service::intake::IntakeService;
+use crate::service::operations::OperationsService;
 use crate::service::registry::RegistryService;
 use crate::store::{Identity, Role, Store, StoreError, StoreOptions, Supplier};
 use crate::tls::{self, AcceptLimits, ServerTlsFiles, TlsAcceptorHandle, TlsError};
@@ -48,6 +50,17 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The operations HTTP port could not be bound.
+    #[error("binding the operations HTTP port {addr}: {source}")]
+    BindHttp {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics or the reflection service could not be set up.
+    #[error("setting up operations: {0}")]
+    Ops(String),
 }
 
 /// Opens the store of `config` with its tuning.
@@ -128,9 +141,33 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let http = match config.ops.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::BindHttp { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_http(config, listener, http, shutdown).await
+}
+
+/// [`run`] with the operations HTTP port (metrics, status page) on an already
+/// bound `http` listener (`None`: no HTTP port), so a test can bind port 0.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_http(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let rules = config.rules()?;
     let store = open_store(&config)?;
     seed(&store, &config)?;
+    let monitor = crate::ops::Monitor::new(store.clone(), crate::ops::OpsSettings::of(&config))
+        .map_err(|e| ServerError::Ops(e.to_string()))?;
     let files = ServerTlsFiles {
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
@@ -149,8 +186,26 @@ pub async fn run(
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
 
     let max_bytes = limits.max_request_bytes;
-    let intake = IntakeServer::new(IntakeService::new(store.clone(), rules))
+    let intake = IntakeServer::new(IntakeService::new(store.clone(), rules).with_monitor(monitor.clone()))
         .max_decoding_message_size(max_bytes);
+    let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
+    // Health and reflection need no role: the TLS handshake already demands a
+    // client certificate signed by our CA.
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IntakeServer<IntakeService>>()
+        .await;
+    health_reporter
+        .set_serving::<RegistryServer<RegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<OperationsServer<OperationsService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Ops(format!("reflection: {e}")))?;
     let registry = RegistryServer::new(RegistryService::new(store.clone(), limits.clone()))
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);
@@ -165,7 +220,23 @@ pub async fn run(
         .add_service(InterceptedService::new(
             registry,
             Authorize::new(store.clone(), Role::Registry),
-        ));
+        ))
+        .add_service(InterceptedService::new(
+            operations,
+            Authorize::new(store.clone(), Role::Admin),
+        ))
+        .add_service(health)
+        .add_service(reflection);
+    let mut ops_tasks = tokio::task::JoinSet::new();
+    if let Some(http) = http {
+        let (m, stop) = (monitor.clone(), stop_rx.clone());
+        ops_tasks.spawn(async move {
+            if let Err(e) = crate::ops::http::serve(http, m, stop).await {
+                tracing::error!(error = %e, "operations HTTP port stopped");
+            }
+        });
+    }
+    ops_tasks.spawn(monitor.clone().run_checks(stop_rx.clone()));
 
     tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
     let mut stopped = stop_rx;
@@ -185,6 +256,11 @@ pub async fn run(
             tracing::warn!("calls still in flight after the grace period: shutdown forced");
         }
     }
+    let _ = stop_tx.send(true);
+    health_reporter
+        .set_not_serving::<IntakeServer<IntakeService>>()
+        .await;
+    ops_tasks.shutdown().await;
     store.sync().await?;
     tracing::info!("stopped");
     Ok(())

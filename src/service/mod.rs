@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod intake;
 pub mod registry;
+pub mod operations;
 
 use std::time::SystemTime;
 
