@@ -388,9 +388,18 @@ impl Config {
                 l.max_concurrent_requests_per_connection,
             ),
             ("limits.max_deliveries", l.max_deliveries as usize),
-            ("ops.overdue_after_secs", self.ops.overdue_after_secs as usize),
-            ("ops.audit_retention_days", self.ops.audit_retention_days as usize),
-            ("ops.check_interval_secs", self.ops.check_interval_secs as usize),
+            (
+                "ops.overdue_after_secs",
+                self.ops.overdue_after_secs as usize,
+            ),
+            (
+                "ops.audit_retention_days",
+                self.ops.audit_retention_days as usize,
+            ),
+            (
+                "ops.check_interval_secs",
+                self.ops.check_interval_secs as usize,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));

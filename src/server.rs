@@ -16,9 +16,9 @@ use tonic::transport::Server;
 
 use crate::config::{Config, ConfigError};
 use crate::proto::intake_server::IntakeServer;
+use crate::proto::operations_server::OperationsServer;
 use crate::proto::registry_server::RegistryServer;
 use crate::service::auth::Authorize;
-use crate::proto::operations_server::OperationsServer;
 use crate::service::intake::IntakeService;
 use crate::service::operations::OperationsService;
 use crate::service::registry::RegistryService;
@@ -70,6 +70,8 @@ pub enum ServerError {
 pub fn open_store(config: &Config) -> Result<Store, StoreError> {
     let options = StoreOptions {
         cache_capacity_bytes: config.store.cache_mb * 1024 * 1024,
+        max_deliveries: config.limits.max_deliveries,
+        redelivery_backoff: Duration::from_millis(config.limits.redelivery_backoff_ms),
         ..StoreOptions::default()
     };
     Store::open(&config.data_dir, options)
@@ -186,8 +188,9 @@ pub async fn run_with_http(
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone());
 
     let max_bytes = limits.max_request_bytes;
-    let intake = IntakeServer::new(IntakeService::new(store.clone(), rules).with_monitor(monitor.clone()))
-        .max_decoding_message_size(max_bytes);
+    let intake =
+        IntakeServer::new(IntakeService::new(store.clone(), rules).with_monitor(monitor.clone()))
+            .max_decoding_message_size(max_bytes);
     let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
     // Health and reflection need no role: the TLS handshake already demands a
     // client certificate signed by our CA.

@@ -190,9 +190,10 @@ impl TestServer {
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.http_addr.expect("the HTTP port is off");
-        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect http");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect http");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         conn.write_all(request.as_bytes()).await.expect("send");
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw).await.expect("read");

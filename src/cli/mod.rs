@@ -5,6 +5,7 @@
 //! `anyhow` is used here and in `main` only: this is where errors end up as
 //! text for a person.
 
+mod ops;
 mod pull;
 mod push;
 mod serve;
@@ -42,6 +43,8 @@ pub enum Command {
     /// Certificate tools.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Operations (admin): supplier deliveries, dead letters.
+    Ops(ops::OpsArgs),
 }
 
 /// Which config to use.
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::CheckConfig(args) => check_config(&args).map(|()| ExitCode::SUCCESS),
             Command::Push(args) => push::push(args).await,
             Command::Pull(args) => pull::pull(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Ops(args) => ops::ops(args).await,
             Command::Certs(CertsCommand::Dev { dir }) => {
                 crate::tls::dev::write_dev_pki(&dir)?;
                 println!(

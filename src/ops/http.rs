@@ -60,7 +60,10 @@ fn failure(e: impl std::fmt::Display) -> Response {
 async fn metrics(State(monitor): State<Monitor>) -> Response {
     match tokio::task::spawn_blocking(move || monitor.render_metrics()).await {
         Ok(Ok(text)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -139,7 +142,8 @@ fn human(d: Duration) -> String {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#111;background:#fafafa}\
+const STYLE: &str =
+    "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#111;background:#fafafa}\
 h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.25rem 0 .5rem}\
 p.meta{color:#555;font-size:.85rem;margin:0}\
 table{border-collapse:collapse;width:100%;background:#fff;font-size:.9rem}\
@@ -298,7 +302,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]

@@ -139,10 +139,7 @@ impl Metrics {
             "Age of the oldest unacknowledged record (0 when the queue is empty).",
         )?;
         registry.register(Box::new(oldest_age.clone()))?;
-        let dead_letters = gauge(
-            "schakel_dead_letters",
-            "Records in the dead letters now.",
-        )?;
+        let dead_letters = gauge("schakel_dead_letters", "Records in the dead letters now.")?;
         let cert_not_after = GaugeVec::new(
             Opts::new(
                 "schakel_certificate_not_after_seconds",
@@ -171,10 +168,7 @@ impl Metrics {
             &["supplier"],
         )?;
         registry.register(Box::new(supplier_last_batch.clone()))?;
-        let suppliers_overdue = gauge(
-            "schakel_suppliers_overdue",
-            "Number of overdue suppliers.",
-        )?;
+        let suppliers_overdue = gauge("schakel_suppliers_overdue", "Number of overdue suppliers.")?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,

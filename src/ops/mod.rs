@@ -191,11 +191,12 @@ impl Monitor {
             rejected: u64::from(receipt.rejected),
             rejects_by_code: rejects,
         };
-        if let Err(e) =
-            self.inner
-                .store
-                .record_batch_delivery(&receipt.supplier_id, &receipt.batch_id, at, &tally)
-        {
+        if let Err(e) = self.inner.store.record_batch_delivery(
+            &receipt.supplier_id,
+            &receipt.batch_id,
+            at,
+            &tally,
+        ) {
             tracing::error!(error = %e, "recording the delivery");
         }
     }

@@ -43,6 +43,9 @@ impl IntakeService {
     }
 }
 
+/// The valid records of a batch and their warnings, in batch order.
+type ValidRecords = (Vec<NewRecord>, Vec<Vec<proto::Finding>>);
+
 /// Most message ids listed in a batch's audit event.
 const AUDIT_MESSAGE_IDS: usize = 100;
 
@@ -169,10 +172,7 @@ impl IntakeService {
             .await
             .map_err(|e| ServiceError::Internal(format!("validation task: {e}")))?;
 
-        let (indices, (new_records, warnings)): (
-            Vec<usize>,
-            (Vec<NewRecord>, Vec<Vec<proto::Finding>>),
-        ) = checked
+        let (indices, (new_records, warnings)): (Vec<usize>, ValidRecords) = checked
             .valid
             .into_iter()
             .map(|(i, r, w)| (i, (r, w)))

@@ -6,8 +6,8 @@
 
 pub mod auth;
 pub mod intake;
-pub mod registry;
 pub mod operations;
+pub mod registry;
 
 use std::time::SystemTime;
 

@@ -183,7 +183,10 @@ mod tests {
         d.add("b1", day1, &tally);
         d.add("b2", day1, &tally);
         assert_eq!(d.today.date, "2021-03-04");
-        assert_eq!((d.today.batches, d.today.records, d.today.rejected), (2, 8, 2));
+        assert_eq!(
+            (d.today.batches, d.today.records, d.today.rejected),
+            (2, 8, 2)
+        );
         assert_eq!(d.today.rejects_by_code["BSN_CHECKSUM"], 2);
         assert_eq!(d.last_batch_id, "b2");
         let next_day = d.clone().as_of(day2);
