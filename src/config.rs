@@ -43,7 +43,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
     /// Plain-HTTP port of `/metrics` (Prometheus) and the status page; keep it on
-    /// loopback or an operations network. Absent: no HTTP port.
+    /// loopback or an operations network. `"off"` (or `""`): no HTTP port.
+    #[serde(deserialize_with = "address_or_off")]
     pub http_listen: Option<SocketAddr>,
     /// A supplier without a batch for this long is overdue, in seconds (26 h).
     pub overdue_after_secs: u64,
@@ -51,6 +52,19 @@ pub struct OpsConfig {
     pub audit_retention_days: u64,
     /// Seconds between checks for overdue suppliers and audit purges.
     pub check_interval_secs: u64,
+}
+
+/// serde: a socket address, or `"off"`/`""` for none.
+fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{addr:?} is not an address like 127.0.0.1:9464 or \"off\""
+            ))
+        }),
+    }
 }
 
 impl Default for OpsConfig {
@@ -423,6 +437,24 @@ mod tests {
         assert!(config.listen.ip().is_loopback());
         assert_eq!(config.tls.client_ca, Path::new("certs-dev/ca.pem"));
         assert_eq!(config.identities.len(), 4);
+    }
+
+    #[test]
+    fn the_http_port_can_be_moved_or_turned_off() {
+        assert_eq!(
+            Config::default().ops.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let off: Config = toml::from_str("[ops]\nhttp_listen = \"off\"").unwrap();
+        assert_eq!(off.ops.http_listen, None);
+        let moved: Config = toml::from_str("[ops]\nhttp_listen = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(
+            moved.ops.http_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(moved.ops.overdue_after_secs, 26 * 3600);
+        let err = toml::from_str::<Config>("[ops]\nhttp_listen = \"nine\"").unwrap_err();
+        assert!(err.to_string().contains("not an address"), "{err}");
     }
 
     #[test]

@@ -146,8 +146,8 @@ const STYLE: &str =
     "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#111;background:#fafafa}\
 h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.25rem 0 .5rem}\
 p.meta{color:#555;font-size:.85rem;margin:0}\
-table{border-collapse:collapse;width:100%;background:#fff;font-size:.9rem}\
-th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
+table{border-collapse:collapse;width:100%;background:#fff;font-size:.85rem}\
+th,td{text-align:left;padding:.3rem .35rem;border-bottom:1px solid #ddd;vertical-align:top}\
 th{background:#eee}.num{text-align:right}\
 .ok{color:#0a6b2b;font-weight:600}.bad{color:#b00020;font-weight:600}.muted{color:#666}\
 .cards{display:flex;flex-wrap:wrap;gap:.5rem}\
@@ -194,9 +194,9 @@ fn render(d: &PageData) -> String {
 
     // Suppliers.
     h.push_str(
-        "<h2>Suppliers</h2><div class=\"wrap\"><table id=\"suppliers\"><thead><tr>\
+        "<h2>Suppliers (today, UTC)</h2><div class=\"wrap\"><table id=\"suppliers\"><thead><tr>\
          <th>Supplier</th><th>Status</th><th>Last batch</th>\
-         <th class=\"num\">Records today</th><th class=\"num\">Rejected today</th>\
+         <th class=\"num\">Records</th><th class=\"num\">Rejected</th>\
          </tr></thead><tbody>",
     );
     for s in &d.suppliers {
@@ -209,21 +209,22 @@ fn render(d: &PageData) -> String {
         } else {
             ("muted", "not yet today")
         };
-        let last = s.last_batch_at.map_or_else(
-            || "never".to_owned(),
+        let (last, last_exact) = s.last_batch_at.map_or_else(
+            || ("never".to_owned(), String::new()),
             |t| {
                 let ago = d.now.duration_since(t).map(human).unwrap_or_default();
-                format!("{} ({} ago)", timestamp(t), ago)
+                (format!("{ago} ago"), timestamp(t))
             },
         );
         let _ = write!(
             h,
             "<tr data-supplier=\"{id}\"><td><b>{id}</b><br><span class=\"muted\">{name}</span></td>\
-             <td class=\"{class}\">{status}</td><td>{last}</td>\
+             <td class=\"{class}\">{status}</td><td title=\"{last_exact}\">{last}</td>\
              <td class=\"num\">{records}</td><td class=\"num\">{rejected}</td></tr>",
             id = esc(&s.id),
             name = esc(&s.name),
             last = esc(&last),
+            last_exact = esc(&last_exact),
             records = s.today.records,
             rejected = s.today.rejected,
         );

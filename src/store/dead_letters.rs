@@ -238,3 +238,91 @@ impl Store {
         lock(&self.inner.queue).counters
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{NewRecord, StoreOptions, TokenOutcome};
+    use super::*;
+
+    fn open(path: &std::path::Path, max_deliveries: u32) -> Store {
+        let options = StoreOptions {
+            max_deliveries,
+            redelivery_backoff: Duration::from_millis(10),
+            ..StoreOptions::default()
+        };
+        Store::open(path, options).unwrap()
+    }
+
+    fn rec(id: &str) -> NewRecord {
+        NewRecord {
+            message_id: id.into(),
+            content: b"opaque".to_vec(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_after_the_first_redelivery() {
+        let base = Duration::from_millis(100);
+        assert_eq!(super::super::queue::backoff_for(base, 1), Duration::ZERO);
+        assert_eq!(super::super::queue::backoff_for(base, 2), base);
+        assert_eq!(super::super::queue::backoff_for(base, 4), base * 4);
+        assert_eq!(
+            super::super::queue::backoff_for(base, 60),
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[tokio::test]
+    async fn exhausted_record_is_buried_survives_reopen_and_requeues() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq;
+        {
+            let store = open(dir.path(), 1);
+            store.submit("sup-a", "b", vec![rec("m1")]).await.unwrap();
+            let first = store
+                .pull(10, Duration::ZERO, Duration::from_millis(20))
+                .await
+                .unwrap();
+            seq = first[0].sequence;
+            // The lease runs out; the next pull buries instead of redelivering.
+            let again = store
+                .pull(10, Duration::from_millis(300), Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(again.is_empty());
+            assert_eq!(store.dead_letter_count().unwrap(), 1);
+            assert_eq!(store.queue_stats().depth, 0);
+            assert_eq!(store.queue_counters().dead_lettered, 1);
+            let token = vec![first[0].lease_token.clone()];
+            assert_eq!(
+                store.ack(&token).await.unwrap()[0].outcome,
+                TokenOutcome::LeaseExpired
+            );
+            assert_eq!(
+                store.release(&token).await.unwrap()[0].outcome,
+                TokenOutcome::LeaseExpired
+            );
+            store.sync().await.unwrap();
+        }
+        let store = open(dir.path(), 1);
+        let dead = store.dead_letters(0).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].sequence, dead[0].attempts), (seq, 1));
+        assert_eq!(dead[0].message_id, "m1");
+        assert_eq!(store.queue_stats().depth, 0);
+        assert!(store.requeue_dead_letter(seq).await.unwrap());
+        assert!(!store.requeue_dead_letter(seq).await.unwrap());
+        assert_eq!(store.queue_stats().depth, 1);
+        let back = store
+            .pull(10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!((back[0].sequence, back[0].attempt), (seq, 1));
+        assert_eq!(back[0].content, b"opaque");
+        let acked = store.ack(&[back[0].lease_token.clone()]).await.unwrap();
+        assert_eq!(acked[0].outcome, TokenOutcome::Acked);
+        assert!(!store.discard_dead_letter(seq).await.unwrap());
+    }
+}

@@ -441,7 +441,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// The wait before delivering again a record whose attempt `attempt` expired:
 /// none after the first, then `base`, doubling, capped at [`MAX_BACKOFF`].
-fn backoff_for(base: Duration, attempt: u32) -> Duration {
+pub(super) fn backoff_for(base: Duration, attempt: u32) -> Duration {
     if attempt <= 1 || base.is_zero() {
         return Duration::ZERO;
     }
