@@ -141,6 +141,20 @@ else
     failed=$((failed + 1)); echo "FAIL: no PNG screenshot at $SHOT"
 fi
 
+# The same facts through the admin CLI (Operations service).
+ADMIN=(--server "https://localhost:$GRPC_PORT" --ca "$C/ca.pem" --cert "$C/admin.pem" --key "$C/admin.key")
+"$BIN" ops "${ADMIN[@]}" deliveries --json >"$WORK/deliveries.json"
+if grep -q '"delivered_today": true' "$WORK/deliveries.json" && grep -q '"code": "BSN_CHECKSUM"' "$WORK/deliveries.json"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: schakel ops deliveries"; cat "$WORK/deliveries.json"
+fi
+if "$BIN" ops "${ADMIN[@]}" dead-letters list | grep -q "no dead letters"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: schakel ops dead-letters list"
+fi
+
 # Every log line of a batch names the supplier and the batch id (span fields).
 if grep -F "batch received" "$WORK/gateway.log" | grep -qE 'supplier=supplier-a.*batch='; then
     passed=$((passed + 1))
