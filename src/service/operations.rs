@@ -129,7 +129,7 @@ impl Operations for OperationsService {
         &self,
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        Caller::of(&request)?;
+        let caller = Caller::of(&request)?;
         let limit = request.into_inner().limit as usize;
         let dead = self
             .monitor
@@ -148,7 +148,17 @@ impl Operations for OperationsService {
                 dead_lettered_at: timestamp(d.dead_lettered_at),
                 attempts: d.attempts,
             })
+            .collect::<Vec<_>>();
+        let seqs: Vec<String> = dead_letters
+            .iter()
+            .map(|d| d.sequence.to_string())
             .collect();
+        self.audit(
+            &caller,
+            "ops.list_dead_letters",
+            format!("count={} sequences=[{}]", seqs.len(), seqs.join(",")),
+            "ok",
+        );
         Ok(Response::new(ListDeadLettersResponse { dead_letters }))
     }
 

@@ -233,9 +233,12 @@ impl Store {
         Ok(found)
     }
 
-    /// Queue event counters since open (deliveries, acks, expired leases, dead letters).
+    /// Queue event counters since open (deliveries, acks, expired leases, dead
+    /// letters). Expires due leases first, so the count is current.
     pub fn queue_counters(&self) -> QueueCounters {
-        lock(&self.inner.queue).counters
+        let mut q = lock(&self.inner.queue);
+        q.reap(std::time::Instant::now());
+        q.counters
     }
 }
 

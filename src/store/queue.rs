@@ -486,7 +486,7 @@ impl QueueState {
     }
 
     /// Moves every active lease whose deadline has passed to `redeliver`.
-    fn reap(&mut self, now: Instant) {
+    pub(super) fn reap(&mut self, now: Instant) {
         while let Some(&(deadline, seq)) = self.deadlines.first() {
             if deadline > now {
                 break;
