@@ -261,7 +261,7 @@ pub async fn run_with_http(
     }
     let _ = stop_tx.send(true);
     health_reporter
-        .set_not_serving::<IntakeServer<IntakeService>>()
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     ops_tasks.shutdown().await;
     store.sync().await?;

@@ -286,7 +286,7 @@ fn render(d: &PageData) -> String {
                 "<tr><td>{}<br><span class=\"muted\">{}</span></td><td>{role}</td>\
                  <td class=\"bad\">{} ({})</td></tr>",
                 esc(&i.name),
-                esc(&i.fingerprint[..i.fingerprint.len().min(16)]),
+                esc(&i.fingerprint.chars().take(16).collect::<String>()),
                 esc(&timestamp(i.not_after)),
                 esc(&left),
             );
