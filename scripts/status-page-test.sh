@@ -162,6 +162,14 @@ else
     failed=$((failed + 1)); echo "FAIL: the batch's log line lacks supplier/batch"; cat "$WORK/gateway.log"
 fi
 
+# A figure, not a check: the time of 50 scrapes of /metrics and of the page.
+t0=$(date +%s%N)
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$HTTP_PORT/metrics"; done
+t1=$(date +%s%N)
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "$URL"; done
+t2=$(date +%s%N)
+echo "50 x /metrics: $(( (t1 - t0) / 1000000 )) ms; 50 x status page: $(( (t2 - t1) / 1000000 )) ms (debug build, curl included)"
+
 echo "screenshot: $SHOT"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
