@@ -71,3 +71,56 @@ async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
         assert!(!text.contains(forbidden), "{forbidden} in the log: {text}");
     }
 }
+
+#[tokio::test]
+async fn an_overdue_supplier_is_warned_about_by_id_only() {
+    use std::time::{Duration, SystemTime};
+
+    use schakel::store::{Store, StoreOptions, Supplier};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("schakel=info")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let now = SystemTime::now();
+    for (id, registered) in [("quiet-one", 3 * 3600), ("fresh-one", 60)] {
+        store
+            .put_supplier(&Supplier {
+                id: id.into(),
+                name: format!("{id} contact person Jansen"),
+                contact: "servicedesk@example.org".into(),
+                suspended: false,
+                created_at: now - Duration::from_secs(registered),
+            })
+            .unwrap();
+    }
+    let monitor = schakel::ops::Monitor::new(
+        store,
+        schakel::ops::OpsSettings {
+            overdue_after: Duration::from_secs(3600),
+            audit_retention: Duration::from_secs(5 * 365 * 86_400),
+            check_interval: Duration::from_secs(300),
+        },
+    )
+    .unwrap();
+    let report = monitor.check(now).unwrap();
+    assert_eq!(report.overdue, ["quiet-one"]);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .filter(|l| l["level"] == "WARN")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert_eq!(warnings[0]["fields"]["supplier"], "quiet-one");
+    assert_eq!(warnings[0]["fields"]["last_batch_at"], "never");
+    assert!(!text.contains("Jansen") && !text.contains("servicedesk@"));
+}

@@ -328,4 +328,37 @@ mod tests {
         assert_eq!(acked[0].outcome, TokenOutcome::Acked);
         assert!(!store.discard_dead_letter(seq).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn deliveries_before_a_restart_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), 2);
+            store.submit("sup-a", "b", vec![rec("m1")]).await.unwrap();
+            let first = store
+                .pull(10, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(first[0].attempt, 1);
+            store.sync().await.unwrap();
+        }
+        {
+            // Leases do not survive a restart: delivery 2 of 2.
+            let store = open(dir.path(), 2);
+            let second = store
+                .pull(10, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(second[0].attempt, 2);
+            store.sync().await.unwrap();
+        }
+        let store = open(dir.path(), 2);
+        let third = store
+            .pull(10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(third.is_empty(), "delivered a third time");
+        assert_eq!(store.dead_letter_count().unwrap(), 1);
+        assert_eq!(store.queue_stats().depth, 0);
+    }
 }

@@ -730,7 +730,12 @@ impl Inner {
                 let (k, v) = item.map_err(|e| StoreError::sled("scanning the queue", e))?;
                 let seq = decode_seq_key(b'q', &k)?;
                 if !q.leases.contains_key(&seq) && !q.redeliver.contains(&seq) {
-                    out.push(lease_one(&mut q, seq, &v)?);
+                    if q.exhausted(seq) {
+                        // Delivered often enough before a restart.
+                        self.bury(&mut q, seq, &v)?;
+                    } else {
+                        out.push(lease_one(&mut q, seq, &v)?);
+                    }
                 }
                 q.cursor = seq;
                 if out.len() >= max {
