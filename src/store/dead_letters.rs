@@ -360,5 +360,15 @@ mod tests {
         assert!(third.is_empty(), "delivered a third time");
         assert_eq!(store.dead_letter_count().unwrap(), 1);
         assert_eq!(store.queue_stats().depth, 0);
+        let seq = store.dead_letters(0).await.unwrap()[0].sequence;
+        assert!(store.discard_dead_letter(seq).await.unwrap());
+        assert_eq!(store.dead_letter_count().unwrap(), 0);
+        assert!(!store.requeue_dead_letter(seq).await.unwrap());
+        // Dedup memory stays: a resend is a duplicate, not a new record.
+        let again = store.submit("sup-a", "b2", vec![rec("m1")]).await.unwrap();
+        assert_eq!(
+            again,
+            [super::super::SubmitOutcome::Duplicate { sequence: seq }]
+        );
     }
 }
