@@ -60,7 +60,7 @@ pub enum ServerError {
     },
     /// Metrics or the reflection service could not be set up.
     #[error("setting up operations: {0}")]
-    Ops(String),
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// Opens the store of `config` with its tuning.
@@ -168,8 +168,7 @@ pub async fn run_with_http(
     let rules = config.rules()?;
     let store = open_store(&config)?;
     seed(&store, &config)?;
-    let monitor = crate::ops::Monitor::new(store.clone(), crate::ops::OpsSettings::of(&config))
-        .map_err(|e| ServerError::Ops(e.to_string()))?;
+    let monitor = crate::ops::Monitor::new(store.clone(), crate::ops::OpsSettings::of(&config))?;
     let files = ServerTlsFiles {
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
@@ -208,7 +207,7 @@ pub async fn run_with_http(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServerError::Ops(format!("reflection: {e}")))?;
+        .map_err(crate::ops::OpsError::from)?;
     let registry = RegistryServer::new(RegistryService::new(store.clone(), limits.clone()))
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);

@@ -33,6 +33,9 @@ pub enum OpsError {
     /// The store failed while gathering.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The reflection service rejected a descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// Rendering output failed.
     #[error("rendering: {0}")]
     Render(String),
