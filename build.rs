@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let protos = [
         "proto/schakel/v1/schakel.proto",
         "proto/schakel/v1/admin.proto",
+        "proto/schakel/v1/operations.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;

@@ -34,6 +34,48 @@ pub struct Config {
     pub identities: Vec<SeedIdentity>,
     /// Store tuning.
     pub store: StoreConfig,
+    /// Operations: metrics and status page port, delivery monitoring, audit retention.
+    pub ops: OpsConfig,
+}
+
+/// Operations settings (see `crate::ops`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Plain-HTTP port of `/metrics` (Prometheus) and the status page; keep it on
+    /// loopback or an operations network. `"off"` (or `""`): no HTTP port.
+    #[serde(deserialize_with = "address_or_off")]
+    pub http_listen: Option<SocketAddr>,
+    /// A supplier without a batch for this long is overdue, in seconds (26 h).
+    pub overdue_after_secs: u64,
+    /// Audit events older than this many days are purged (5 years).
+    pub audit_retention_days: u64,
+    /// Seconds between checks for overdue suppliers and audit purges.
+    pub check_interval_secs: u64,
+}
+
+/// serde: a socket address, or `"off"`/`""` for none.
+fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{addr:?} is not an address like 127.0.0.1:9464 or \"off\""
+            ))
+        }),
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            overdue_after_secs: 26 * 3600,
+            audit_retention_days: 5 * 365 + 2,
+            check_interval_secs: 300,
+        }
+    }
 }
 
 /// TLS material of the gRPC port.
@@ -103,6 +145,12 @@ pub struct Limits {
     pub supplier_records_per_second: u64,
     /// Records a supplier may send at once after being idle.
     pub supplier_burst_records: u64,
+    /// Deliveries of a record without an ack before it moves to the dead letters.
+    pub max_deliveries: u32,
+    /// Backoff before a record whose lease expired is delivered again, in
+    /// milliseconds; doubles with every further attempt (the first redelivery
+    /// is immediate), capped at one hour.
+    pub redelivery_backoff_ms: u64,
 }
 
 /// Validation settings.
@@ -193,6 +241,7 @@ impl Default for Config {
                 identity(Role::Admin, "admin", None),
             ],
             store: StoreConfig::default(),
+            ops: OpsConfig::default(),
         }
     }
 }
@@ -215,6 +264,8 @@ impl Default for Limits {
             max_in_flight_per_identity: 16,
             supplier_records_per_second: 200_000,
             supplier_burst_records: 400_000,
+            max_deliveries: 10,
+            redelivery_backoff_ms: 1_000,
         }
     }
 }
@@ -379,6 +430,19 @@ impl Config {
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection,
             ),
+            ("limits.max_deliveries", l.max_deliveries as usize),
+            (
+                "ops.overdue_after_secs",
+                self.ops.overdue_after_secs as usize,
+            ),
+            (
+                "ops.audit_retention_days",
+                self.ops.audit_retention_days as usize,
+            ),
+            (
+                "ops.check_interval_secs",
+                self.ops.check_interval_secs as usize,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
@@ -402,6 +466,24 @@ mod tests {
         assert!(config.listen.ip().is_loopback());
         assert_eq!(config.tls.client_ca, Path::new("certs-dev/ca.pem"));
         assert_eq!(config.identities.len(), 4);
+    }
+
+    #[test]
+    fn the_http_port_can_be_moved_or_turned_off() {
+        assert_eq!(
+            Config::default().ops.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        let off: Config = toml::from_str("[ops]\nhttp_listen = \"off\"").unwrap();
+        assert_eq!(off.ops.http_listen, None);
+        let moved: Config = toml::from_str("[ops]\nhttp_listen = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(
+            moved.ops.http_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert_eq!(moved.ops.overdue_after_secs, 26 * 3600);
+        let err = toml::from_str::<Config>("[ops]\nhttp_listen = \"nine\"").unwrap_err();
+        assert!(err.to_string().contains("not an address"), "{err}");
     }
 
     #[test]

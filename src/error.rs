@@ -115,6 +115,9 @@ pub enum ServiceError {
         /// Why.
         message: String,
     },
+    /// No dead letter with this sequence (requeued or discarded already?).
+    #[error("no dead letter with sequence {0}")]
+    DeadLetterNotFound(u64),
 }
 
 impl ServiceError {
@@ -142,6 +145,7 @@ impl ServiceError {
             | ServiceError::AlreadyExists { code, .. }
             | ServiceError::FailedPrecondition { code, .. }
             | ServiceError::Rejected { code, .. } => code,
+            ServiceError::DeadLetterNotFound(_) => "DEAD_LETTER_NOT_FOUND",
         }
     }
 
@@ -163,6 +167,7 @@ impl ServiceError {
             ServiceError::AlreadyExists { .. } => Code::AlreadyExists,
             ServiceError::FailedPrecondition { .. } => Code::FailedPrecondition,
             ServiceError::Rejected { .. } => Code::InvalidArgument,
+            ServiceError::DeadLetterNotFound(_) => Code::NotFound,
         }
     }
 }

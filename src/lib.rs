@@ -15,10 +15,11 @@
 //!   the development PKI.
 //! - [`config`]: serde configuration and its validation.
 //! - [`error`]: the one place where errors become `tonic::Status`.
-//! - [`service`]: thin tonic adapters (intake, registry, admin) and the auth
-//!   interceptor.
+//! - [`service`]: thin tonic adapters (intake, registry, admin, operations) and
+//!   the auth interceptor.
 //! - [`connections`]: open connections by certificate; closes revoked ones.
 //! - [`reload`]: reloads the TLS material without a restart.
+//! - [`ops`]: metrics, the status page, delivery monitoring, periodic checks.
 //! - [`server`]: assembles the above and serves until shutdown.
 //! - [`client`]: the client side of the mTLS channel.
 //! - [`export`]: export files (CSV, NDJSON) read into records with line numbers;
@@ -36,6 +37,7 @@ pub mod connections;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod ops;
 pub mod proto;
 pub mod reload;
 pub mod schema;

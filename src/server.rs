@@ -19,12 +19,14 @@ use crate::config::{Config, ConfigError};
 use crate::connections::Connections;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::intake_server::IntakeServer;
+use crate::proto::operations_server::OperationsServer;
 use crate::proto::registry_server::RegistryServer;
 use crate::reload::Reloader;
 use crate::service::admin::AdminService;
 use crate::service::auth::Authorize;
 use crate::service::intake::IntakeService;
 use crate::service::limits::{Limiter, LimiterConfig};
+use crate::service::operations::OperationsService;
 use crate::service::registry::RegistryService;
 use crate::store::{Identity, Role, Store, StoreError, StoreOptions, Supplier};
 use crate::tls::{self, AcceptLimits, ServerTlsFiles, TlsAcceptorHandle, TlsError};
@@ -57,6 +59,17 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The operations HTTP port could not be bound.
+    #[error("binding the operations HTTP port {addr}: {source}")]
+    BindHttp {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics or the reflection service could not be set up.
+    #[error("setting up operations: {0}")]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// The limiter `config.limits` describes, shared by all services.
@@ -75,6 +88,8 @@ pub fn limiter(limits: &crate::config::Limits) -> Limiter {
 pub fn open_store(config: &Config) -> Result<Store, StoreError> {
     let options = StoreOptions {
         cache_capacity_bytes: config.store.cache_mb * 1024 * 1024,
+        max_deliveries: config.limits.max_deliveries,
+        redelivery_backoff: Duration::from_millis(config.limits.redelivery_backoff_ms),
         ..StoreOptions::default()
     };
     Store::open(&config.data_dir, options)
@@ -157,33 +172,53 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let http = match config.ops.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::BindHttp { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_http(config, listener, http, shutdown).await
+}
+
+/// [`run`] with the operations HTTP port (metrics, status page) on an already
+/// bound `http` listener (`None`: no HTTP port), so a test can bind port 0.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_http(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
     let addr = listener.local_addr().ok();
-    let mut listener = Some(listener);
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let mut listeners = Some((listener, http));
     let mut backoff = Duration::from_millis(100);
     let mut started = false;
     loop {
-        let current = match listener.take() {
+        let (current, current_http) = match listeners.take() {
             Some(l) => l,
-            None => match addr {
-                Some(addr) => match TcpListener::bind(addr).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %addr, "re-binding after a store failure; retrying");
-                        if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
-                            return Ok(());
-                        }
-                        continue;
+            None => match rebind(addr, http_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-binding after a store failure; retrying");
+                    if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
+                        return Ok(());
                     }
-                },
-                None => return Err(ServerError::Store(StoreError::Closed)),
+                    continue;
+                }
             },
         };
-        match serve_once(&config, current, shutdown_rx.clone()).await {
+        match serve_once(&config, current, current_http, shutdown_rx.clone()).await {
             Ok(()) => return Ok(()),
             Err(ServerError::StoreFailed(e)) => {
                 started = true;
@@ -199,6 +234,20 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Binds the gRPC and HTTP addresses again after a store failure.
+async fn rebind(
+    addr: Option<std::net::SocketAddr>,
+    http_addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
+    let addr = addr.ok_or_else(|| std::io::Error::other("the gRPC address is unknown"))?;
+    let grpc = TcpListener::bind(addr).await?;
+    let http = match http_addr {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    Ok((grpc, http))
 }
 
 /// Sleeps `d`; true when shutdown came first.
@@ -224,12 +273,14 @@ async fn store_failure(store: Store) -> StoreError {
 async fn serve_once(
     config: &Config,
     listener: TcpListener,
+    http: Option<TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let config = config.clone();
     let rules = config.rules()?;
     let store = open_store(&config)?;
     seed(&store, &config)?;
+    let monitor = crate::ops::Monitor::new(store.clone(), crate::ops::OpsSettings::of(&config))?;
     let files = ServerTlsFiles {
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
@@ -260,9 +311,30 @@ async fn serve_once(
 
     let max_bytes = limits.max_request_bytes;
     let limiter = limiter(limits);
-    let intake =
-        IntakeServer::new(IntakeService::new(store.clone(), rules).with_limiter(limiter.clone()))
-            .max_decoding_message_size(max_bytes);
+    let intake = IntakeServer::new(
+        IntakeService::new(store.clone(), rules)
+            .with_monitor(monitor.clone())
+            .with_limiter(limiter.clone()),
+    )
+    .max_decoding_message_size(max_bytes);
+    let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
+    // Health and reflection need no role: the TLS handshake already demands a
+    // client certificate signed by our CA.
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IntakeServer<IntakeService>>()
+        .await;
+    health_reporter
+        .set_serving::<RegistryServer<RegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<OperationsServer<OperationsService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(crate::ops::OpsError::from)?;
     let registry = RegistryServer::new(
         RegistryService::new(store.clone(), limits.clone()).with_limiter(limiter.clone()),
     )
@@ -283,7 +355,23 @@ async fn serve_once(
         .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(store.clone(), reloader)),
             Authorize::new(store.clone(), Role::Admin),
-        ));
+        ))
+        .add_service(InterceptedService::new(
+            operations,
+            Authorize::new(store.clone(), Role::Admin),
+        ))
+        .add_service(health)
+        .add_service(reflection);
+    let mut ops_tasks = tokio::task::JoinSet::new();
+    if let Some(http) = http {
+        let (m, stop) = (monitor.clone(), stop_rx.clone());
+        ops_tasks.spawn(async move {
+            if let Err(e) = crate::ops::http::serve(http, m, stop).await {
+                tracing::error!(error = %e, "operations HTTP port stopped");
+            }
+        });
+    }
+    ops_tasks.spawn(monitor.clone().run_checks(stop_rx.clone()));
 
     tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
     let mut stopped = stop_rx;
@@ -313,6 +401,10 @@ async fn serve_once(
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    ops_tasks.shutdown().await;
     if let Some(e) = failure {
         return Err(ServerError::StoreFailed(e));
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::client::{connect, ClientFiles};
 use crate::config::{Config, SeedIdentity, SeedSupplier};
 use crate::proto::intake_client::IntakeClient;
+use crate::proto::operations_client::OperationsClient;
 use crate::proto::registry_client::RegistryClient;
 use crate::proto::*;
 use crate::store::Role;
@@ -30,6 +31,9 @@ pub const STRANGER: &str = "stranger";
 /// A running gateway; stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The operations HTTP port (metrics, status page), bound on 127.0.0.1:0
+    /// unless the config turns it off (`ops.http_listen = None`).
+    pub http_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: Config,
     pub ca: TestCa,
@@ -95,6 +99,7 @@ impl TestServer {
         tweak(&mut config);
         let mut server = TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
             dir,
             config,
             ca,
@@ -108,11 +113,21 @@ impl TestServer {
     async fn spawn(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         self.addr = listener.local_addr().expect("local addr");
+        let http = match self.config.ops.http_listen {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind http")),
+            None => None,
+        };
+        self.http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.config.clone();
-        self.handle = Some(tokio::spawn(crate::server::run(config, listener, async {
-            let _ = rx.await;
-        })));
+        self.handle = Some(tokio::spawn(crate::server::run_with_http(
+            config,
+            listener,
+            http,
+            async {
+                let _ = rx.await;
+            },
+        )));
         self.shutdown = Some(tx);
     }
 
@@ -165,6 +180,31 @@ impl TestServer {
 
     pub async fn registry(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel(REGISTRY).await)
+    }
+
+    pub async fn operations(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel(ADMIN).await)
+    }
+
+    /// `GET path` on the operations HTTP port: (status code, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.http_addr.expect("the HTTP port is off");
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect http");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8(raw).expect("utf-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        (status, body.to_owned())
     }
 }
 

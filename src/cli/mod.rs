@@ -7,6 +7,7 @@
 
 pub mod admin;
 mod files;
+mod ops;
 mod pull;
 mod push;
 mod serve;
@@ -50,6 +51,8 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Check export files offline (no server): same rules, same error report.
     Validate(validate::ValidateArgs),
+    /// Operations (admin): supplier deliveries, dead letters.
+    Ops(ops::OpsArgs),
 }
 
 /// Which config to use.
@@ -138,6 +141,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::CheckConfig(args) => check_config(&args).map(|()| ExitCode::SUCCESS),
             Command::Push(args) => push::push(args).await,
             Command::Pull(args) => pull::pull(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Ops(args) => ops::ops(args).await,
             Command::Certs(CertsCommand::Dev { dir }) => {
                 crate::tls::dev::write_dev_pki(&dir)?;
                 println!(

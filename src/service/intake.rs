@@ -4,10 +4,11 @@
 //! outcomes become the receipt. Nothing here logs or echoes record content.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use prost::Message;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::proto::{self, intake_server::Intake, Batch, BatchReceipt, RecordResult, RecordStatus};
@@ -23,6 +24,8 @@ pub struct IntakeService {
     store: Store,
     rules: Arc<Rules>,
     limiter: Limiter,
+    /// Metrics and delivery bookkeeping, when the gateway runs operations.
+    monitor: Option<crate::ops::Monitor>,
 }
 
 impl IntakeService {
@@ -32,6 +35,7 @@ impl IntakeService {
             store,
             rules: Arc::new(rules),
             limiter: crate::server::limiter(&crate::config::Limits::default()),
+            monitor: None,
         }
     }
 
@@ -40,7 +44,19 @@ impl IntakeService {
         self.limiter = limiter;
         self
     }
+
+    /// Reports every batch to `monitor` (metrics, daily-delivery bookkeeping).
+    pub fn with_monitor(mut self, monitor: crate::ops::Monitor) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
 }
+
+/// The valid records of a batch and their warnings, in batch order.
+type ValidRecords = (Vec<NewRecord>, Vec<Vec<proto::Finding>>);
+
+/// Most message ids listed in a batch's audit event.
+const AUDIT_MESSAGE_IDS: usize = 100;
 
 /// The latest date a vaccination may have: today somewhere on Earth (UTC+14),
 /// so that no time zone sees a same-day vaccination as "in the future".
@@ -111,10 +127,44 @@ fn check(records: Vec<proto::VaccinationRecord>, rules: &Rules, today: time::Dat
 
 #[tonic::async_trait]
 impl Intake for IntakeService {
+    /// Runs the call in a span carrying the supplier and batch id, so every log
+    /// line of the request names them, and reports the outcome to the monitor.
     async fn submit_batch(
         &self,
         request: Request<Batch>,
     ) -> Result<Response<BatchReceipt>, Status> {
+        let started = Instant::now();
+        let supplier = Caller::of(&request)
+            .ok()
+            .and_then(|c| c.identity.supplier_id)
+            .unwrap_or_default();
+        let batch = request
+            .get_ref()
+            .header
+            .as_ref()
+            .map(|h| h.batch_id.chars().take(128).collect::<String>())
+            .unwrap_or_default();
+        let span = tracing::info_span!("submit_batch", supplier = %supplier, batch = %batch);
+        let result = self.submit(request).instrument(span.clone()).await;
+        if let Some(monitor) = &self.monitor {
+            let _in_span = span.enter(); // no .await below: only counting and one store write
+            match &result {
+                Ok(receipt) => {
+                    monitor.batch_received(receipt.get_ref(), SystemTime::now(), started.elapsed())
+                }
+                Err(status) => monitor.batch_refused(
+                    &supplier,
+                    crate::error::error_code(status).unwrap_or("UNKNOWN"),
+                    started.elapsed(),
+                ),
+            }
+        }
+        result
+    }
+}
+
+impl IntakeService {
+    async fn submit(&self, request: Request<Batch>) -> Result<Response<BatchReceipt>, Status> {
         let caller = Caller::of(&request)?;
         let supplier_id = caller.supplier_id()?.to_owned();
         let records = request.get_ref().records.len() as u64;
@@ -135,15 +185,25 @@ impl Intake for IntakeService {
             .await
             .map_err(|e| ServiceError::Internal(format!("validation task: {e}")))?;
 
-        let (indices, (new_records, warnings)): (
-            Vec<usize>,
-            (Vec<NewRecord>, Vec<Vec<proto::Finding>>),
-        ) = checked
+        let (indices, (new_records, warnings)): (Vec<usize>, ValidRecords) = checked
             .valid
             .into_iter()
             .map(|(i, r, w)| (i, (r, w)))
             .unzip();
         let message_ids: Vec<String> = new_records.iter().map(|r| r.message_id.clone()).collect();
+        let audit_ids = {
+            let shown: Vec<&str> = message_ids
+                .iter()
+                .take(AUDIT_MESSAGE_IDS)
+                .map(String::as_str)
+                .collect();
+            let more = message_ids.len().saturating_sub(shown.len());
+            if more > 0 {
+                format!("[{}] (+{more} more)", shown.join(","))
+            } else {
+                format!("[{}]", shown.join(","))
+            }
+        };
         let outcomes = if new_records.is_empty() {
             Vec::new()
         } else {
@@ -219,7 +279,7 @@ impl Intake for IntakeService {
             role: Some(caller.identity.role),
             action: "submit_batch".into(),
             detail: format!(
-                "supplier={supplier_id} batch_id={batch_id} records={} accepted={} duplicate={} rejected={}",
+                "supplier={supplier_id} batch_id={batch_id} records={} accepted={} duplicate={} rejected={} message_ids={audit_ids}",
                 receipt.accepted + receipt.duplicate + receipt.rejected,
                 receipt.accepted,
                 receipt.duplicate,

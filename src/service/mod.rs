@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod intake;
 pub mod limits;
+pub mod operations;
 pub mod registry;
 
 use std::time::SystemTime;

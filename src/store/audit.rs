@@ -4,7 +4,7 @@
 //! keys sort by time and never collide. Value: the event as JSON.
 //!
 //! Must not: store patient data (callers put ids and counts only in `detail`),
-//! delete or rewrite events, or wait for an fsync (events are made durable by
+//! rewrite events, delete any but those past retention (`purge_audit_before`), or wait for an fsync (events are made durable by
 //! the next group-commit round, periodic or requested). Called by the service
 //! layer after each request and by the admin commands (query).
 
@@ -113,5 +113,28 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Deletes the events before `cutoff` (the retention period's start): the
+    /// only deletion the audit log allows. Returns how many were removed; made
+    /// durable by the next group commit.
+    ///
+    /// # Errors
+    /// `Sled` when reading or deleting fails.
+    pub fn purge_audit_before(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        let hi = audit_key(unix_nanos(cutoff), 0);
+        let mut removed = 0u64;
+        for item in self.inner.audit.range(..hi).keys() {
+            let k = item.map_err(|e| StoreError::sled("reading the audit log", e))?;
+            self.inner
+                .audit
+                .remove(k)
+                .map_err(|e| StoreError::sled("purging the audit log", e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.inner.commit.mark_dirty();
+        }
+        Ok(removed)
     }
 }

@@ -11,6 +11,8 @@
 
 mod audit;
 mod commit;
+mod dead_letters;
+mod deliveries;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -24,7 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use audit::{AuditEvent, AuditQuery};
-pub use queue::{Delivery, NewRecord, QueueStats, SubmitOutcome, TokenOutcome, TokenResult};
+pub use dead_letters::DeadLetter;
+pub use deliveries::{utc_date, BatchTally, DeliveryDay, SupplierDeliveries};
+pub use queue::{
+    Delivery, NewRecord, QueueCounters, QueueStats, SubmitOutcome, TokenOutcome, TokenResult,
+};
 
 use commit::Committer;
 use queue::QueueState;
@@ -149,6 +155,12 @@ pub struct StoreOptions {
     /// periodic sync round that makes unsynced writes (audit events, delivery
     /// attempts) durable. `None`: those become durable with the next requested round.
     pub flush_every_ms: Option<u64>,
+    /// Deliveries without an ack after which a record moves to the dead letters
+    /// (default 10; 0: never).
+    pub max_deliveries: u32,
+    /// Backoff before the second redelivery of an expired record, doubling per
+    /// further attempt (default 1 s; the first redelivery is immediate).
+    pub redelivery_backoff: Duration,
 }
 
 impl Default for StoreOptions {
@@ -156,6 +168,8 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_every_ms: Some(1000),
+            max_deliveries: 10,
+            redelivery_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -367,7 +381,11 @@ impl Store {
             durable_seq: AtomicU64::new(loaded.max_seq),
             highest_issued: AtomicU64::new(highest_issued.max(loaded.max_seq)),
             depth: AtomicU64::new(loaded.depth),
-            queue: Mutex::new(QueueState::new(loaded.attempts)),
+            queue: Mutex::new(QueueState::new(
+                loaded.attempts,
+                options.max_deliveries,
+                options.redelivery_backoff,
+            )),
             notify: Notify::new(),
             commit,
         };

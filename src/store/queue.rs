@@ -9,6 +9,8 @@
 //! - `q` + sequence (u64 BE) -> version(1) + received_at unix ms (u64 BE) +
 //!   3 x (len u32 BE + bytes: supplier_id, message_id, batch_id) + content (rest).
 //! - `n` + sequence (u64 BE) -> delivery attempts so far (u32 BE), unsynced.
+//! - `x` + sequence (u64 BE) -> a dead letter (see `dead_letters`): a record
+//!   delivered `max_deliveries` times without an ack, out of the queue.
 //!
 //! Must not: hold the write lock or the queue lock across an `.await` (all sled
 //! work runs in `spawn_blocking`), deliver a record before its enqueue is durable,
@@ -130,22 +132,22 @@ fn dedup_key(supplier_id: &str, message_id: &str) -> Vec<u8> {
     k
 }
 
-fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
+pub(super) fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn queue_key(seq: u64) -> [u8; 9] {
+pub(super) fn queue_key(seq: u64) -> [u8; 9] {
     seq_key(b'q', seq)
 }
 
-fn attempt_key(seq: u64) -> [u8; 9] {
+pub(super) fn attempt_key(seq: u64) -> [u8; 9] {
     seq_key(b'n', seq)
 }
 
-fn decode_seq_key(prefix: u8, key: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn decode_seq_key(prefix: u8, key: &[u8]) -> Result<u64, StoreError> {
     match key {
         [p, rest @ ..] if *p == prefix && rest.len() == 8 => {
             let mut b = [0u8; 8];
@@ -220,15 +222,15 @@ fn encode_entry(
 }
 
 /// A decoded queue entry borrowing from the stored value.
-struct Entry<'a> {
-    received_at: SystemTime,
-    supplier_id: &'a str,
-    message_id: &'a str,
-    batch_id: &'a str,
-    content: &'a [u8],
+pub(super) struct Entry<'a> {
+    pub(super) received_at: SystemTime,
+    pub(super) supplier_id: &'a str,
+    pub(super) message_id: &'a str,
+    pub(super) batch_id: &'a str,
+    pub(super) content: &'a [u8],
 }
 
-fn decode_entry(seq: u64, value: &[u8]) -> Result<Entry<'_>, StoreError> {
+pub(super) fn decode_entry(seq: u64, value: &[u8]) -> Result<Entry<'_>, StoreError> {
     let what = || format!("queue entry {seq}");
     let mut r = Reader { buf: value };
     let version = r
@@ -324,7 +326,7 @@ fn decode_token(token: &str) -> Option<(u64, u32, u64)> {
     Some((r.u64()?, r.u32()?, r.u64()?))
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
@@ -404,28 +406,87 @@ pub(crate) struct QueueState {
     /// below it is leased or waiting in `redeliver`.
     cursor: u64,
     /// Expired or released sequences to deliver again, lowest first.
-    redeliver: BTreeSet<u64>,
+    pub(super) redeliver: BTreeSet<u64>,
     /// Latest delivery per sequence (active, released or expired), until acked.
     leases: HashMap<u64, Lease>,
     /// Deadlines of active leases, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
     /// Delivery attempts so far per delivered, unacked sequence (mirrors `n` keys).
-    attempts: HashMap<u64, u32>,
+    pub(super) attempts: HashMap<u64, u32>,
+    /// Expired sequences waiting out their redelivery backoff: (ready at, sequence).
+    delayed: BTreeSet<(Instant, u64)>,
+    /// Deliveries without an ack after which a record becomes a dead letter (0: never).
+    pub(super) max_deliveries: u32,
+    /// Backoff before the second redelivery; doubles per further attempt.
+    backoff: Duration,
+    /// Counters since open, for metrics.
+    pub(super) counters: QueueCounters,
+}
+
+/// Queue event counters since the store was opened (they restart at zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Records handed out by `pull` (every attempt).
+    pub delivered: u64,
+    /// Records acknowledged.
+    pub acked: u64,
+    /// Leases that ran out without an ack or release.
+    pub leases_expired: u64,
+    /// Records moved to the dead letters.
+    pub dead_lettered: u64,
+}
+
+/// Longest redelivery backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The wait before delivering again a record whose attempt `attempt` expired:
+/// none after the first, then `base`, doubling, capped at [`MAX_BACKOFF`].
+pub(super) fn backoff_for(base: Duration, attempt: u32) -> Duration {
+    if attempt <= 1 || base.is_zero() {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (attempt - 2).min(20);
+    base.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
 impl QueueState {
-    pub(crate) fn new(attempts: HashMap<u64, u32>) -> QueueState {
+    pub(crate) fn new(
+        attempts: HashMap<u64, u32>,
+        max_deliveries: u32,
+        backoff: Duration,
+    ) -> QueueState {
         QueueState {
             cursor: 0,
             redeliver: BTreeSet::new(),
             leases: HashMap::new(),
             deadlines: BTreeSet::new(),
             attempts,
+            delayed: BTreeSet::new(),
+            max_deliveries,
+            backoff: backoff.min(MAX_BACKOFF),
+            counters: QueueCounters::default(),
+        }
+    }
+
+    /// Whether `seq` has used up its deliveries and must become a dead letter.
+    pub(super) fn exhausted(&self, seq: u64) -> bool {
+        self.max_deliveries != 0
+            && self.attempts.get(&seq).copied().unwrap_or(0) >= self.max_deliveries
+    }
+
+    /// When a long-poll should look again: the earliest lease deadline or end
+    /// of a backoff.
+    fn next_wake(&self) -> Option<Instant> {
+        let lease = self.deadlines.first().map(|&(d, _)| d);
+        let delayed = self.delayed.first().map(|&(d, _)| d);
+        match (lease, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Moves every active lease whose deadline has passed to `redeliver`.
-    fn reap(&mut self, now: Instant) {
+    pub(super) fn reap(&mut self, now: Instant) {
         while let Some(&(deadline, seq)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -434,13 +495,29 @@ impl QueueState {
             if let Some(lease) = self.leases.get_mut(&seq) {
                 if lease.state == LeaseState::Active && lease.deadline == deadline {
                     lease.state = LeaseState::Expired;
-                    self.redeliver.insert(seq);
+                    self.counters.leases_expired += 1;
+                    let delay = backoff_for(self.backoff, lease.attempt);
+                    match deadline.checked_add(delay) {
+                        Some(ready) if !delay.is_zero() => {
+                            self.delayed.insert((ready, seq));
+                        }
+                        _ => {
+                            self.redeliver.insert(seq);
+                        }
+                    }
                 }
             }
         }
+        while let Some(&(ready, seq)) = self.delayed.first() {
+            if ready > now {
+                break;
+            }
+            self.delayed.pop_first();
+            self.redeliver.insert(seq);
+        }
     }
 
-    fn drop_lease(&mut self, seq: u64) {
+    pub(super) fn drop_lease(&mut self, seq: u64) {
         if let Some(lease) = self.leases.remove(&seq) {
             self.deadlines.remove(&(lease.deadline, seq));
         }
@@ -629,6 +706,13 @@ impl Inner {
                     return Err(StoreError::sled(format!("reading queue entry {seq}"), e));
                 }
             };
+            if q.exhausted(seq) {
+                if let Err(e) = self.bury(&mut q, seq, &value) {
+                    q.redeliver.insert(seq);
+                    return Err(e);
+                }
+                continue;
+            }
             match lease_one(&mut q, seq, &value) {
                 Ok(d) => out.push(d),
                 Err(e) => {
@@ -646,7 +730,12 @@ impl Inner {
                 let (k, v) = item.map_err(|e| StoreError::sled("scanning the queue", e))?;
                 let seq = decode_seq_key(b'q', &k)?;
                 if !q.leases.contains_key(&seq) && !q.redeliver.contains(&seq) {
-                    out.push(lease_one(&mut q, seq, &v)?);
+                    if q.exhausted(seq) {
+                        // Delivered often enough before a restart.
+                        self.bury(&mut q, seq, &v)?;
+                    } else {
+                        out.push(lease_one(&mut q, seq, &v)?);
+                    }
                 }
                 q.cursor = seq;
                 if out.len() >= max {
@@ -660,8 +749,9 @@ impl Inner {
                 .apply_batch(attempts_batch)
                 .map_err(|e| StoreError::sled("recording delivery attempts", e))?;
             self.commit.mark_dirty();
+            q.counters.delivered += out.len() as u64;
         }
-        let next_deadline = q.deadlines.first().map(|&(d, _)| d);
+        let next_deadline = q.next_wake();
         Ok((out, next_deadline))
     }
 
@@ -705,7 +795,7 @@ impl Inner {
                 acked.insert(seq);
                 needs_sync = true;
                 TokenOutcome::Acked
-            } else if acked.contains(&seq) || !self.is_queued(seq)? {
+            } else if acked.contains(&seq) || (!self.is_queued(seq)? && !self.is_dead(seq)?) {
                 needs_sync = true;
                 TokenOutcome::AlreadyAcked
             } else {
@@ -725,6 +815,7 @@ impl Inner {
             for seq in &acked {
                 q.attempts.remove(seq);
             }
+            q.counters.acked += acked.len() as u64;
             self.depth.fetch_sub(acked.len() as u64, Ordering::AcqRel);
         }
         Ok((results, needs_sync))
@@ -770,7 +861,7 @@ impl Inner {
                         TokenOutcome::LeaseExpired
                     }
                 }
-                _ if !self.is_queued(seq)? => TokenOutcome::AlreadyAcked,
+                _ if !self.is_queued(seq)? && !self.is_dead(seq)? => TokenOutcome::AlreadyAcked,
                 _ => TokenOutcome::LeaseExpired,
             };
             results.push(TokenResult {

@@ -1,0 +1,126 @@
+//! Structured logs of a batch: every line written while a batch is handled
+//! carries the supplier and the batch id (span fields), in the JSON format of
+//! `--log-json`, and no line carries patient data. Its own test binary, so no
+//! other test's gateway writes into the captured log.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("schakel=debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = TestServer::start().await;
+    let mut bad = record("log-2");
+    if let Some(p) = bad.patient.as_mut() {
+        p.bsn = "123456789".into();
+    }
+    server
+        .intake(SUPPLIER_A)
+        .await
+        .submit_batch(batch("log-check-batch", vec![record("log-1"), bad]))
+        .await
+        .expect("submit");
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let of_batch: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| ["batch received", "batch stored"].contains(&message(l).as_str()))
+        .collect();
+    assert_eq!(
+        of_batch.len(),
+        2,
+        "the intake's and the store's line: {text}"
+    );
+    for line in of_batch {
+        assert_eq!(line["span"]["name"], "submit_batch", "{line}");
+        assert_eq!(line["span"]["supplier"], SUPPLIER_A, "{line}");
+        assert_eq!(line["span"]["batch"], "log-check-batch", "{line}");
+    }
+    for forbidden in ["249566758", "123456789", "Berg", "1950-04-12"] {
+        assert!(!text.contains(forbidden), "{forbidden} in the log: {text}");
+    }
+}
+
+#[tokio::test]
+async fn an_overdue_supplier_is_warned_about_by_id_only() {
+    use std::time::{Duration, SystemTime};
+
+    use schakel::store::{Store, StoreOptions, Supplier};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("schakel=info")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let now = SystemTime::now();
+    for (id, registered) in [("quiet-one", 3 * 3600), ("fresh-one", 60)] {
+        store
+            .put_supplier(&Supplier {
+                id: id.into(),
+                name: format!("{id} contact person Jansen"),
+                contact: "servicedesk@example.org".into(),
+                suspended: false,
+                created_at: now - Duration::from_secs(registered),
+            })
+            .unwrap();
+    }
+    let monitor = schakel::ops::Monitor::new(
+        store,
+        schakel::ops::OpsSettings {
+            overdue_after: Duration::from_secs(3600),
+            audit_retention: Duration::from_secs(5 * 365 * 86_400),
+            check_interval: Duration::from_secs(300),
+        },
+    )
+    .unwrap();
+    let report = monitor.check(now).unwrap();
+    assert_eq!(report.overdue, ["quiet-one"]);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .filter(|l| l["level"] == "WARN")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert_eq!(warnings[0]["fields"]["supplier"], "quiet-one");
+    assert_eq!(warnings[0]["fields"]["last_batch_at"], "never");
+    assert!(!text.contains("Jansen") && !text.contains("servicedesk@"));
+}
