@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{read_all_below, ChildGateway};
+use common::process::{http_get, read_all_below, ChildGateway};
 use common::{anonymous_record, batch};
 use schakel::proto::intake_client::IntakeClient;
 use schakel::proto::Patient;
@@ -40,6 +40,16 @@ async fn pii_without_consent_is_nowhere_even_with_trace_logging() {
         .iter()
         .all(|r| r.findings.iter().all(|f| f.code == "PII_WITHOUT_CONSENT")));
     let echoed = format!("{receipt:?}");
+    let metrics = http_get(gw.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("schakel_records_rejected_total"),
+        "metrics are served: {metrics:.200}"
+    );
+    let status_page = http_get(gw.http_addr, "/status").await;
+    assert!(
+        status_page.contains("supplier-a"),
+        "the status page is served"
+    );
     let status = gw.terminate();
     assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
 
@@ -52,10 +62,17 @@ async fn pii_without_consent_is_nowhere_even_with_trace_logging() {
         log.contains("TRACE") || log.contains("trace"),
         "trace logging was on"
     );
+    eprintln!(
+        "searched: log {} bytes, metrics {} bytes",
+        log.len(),
+        metrics.len()
+    );
     let mut places = read_all_below(&gw.data_dir());
     assert!(!places.is_empty(), "the data folder exists");
     places.push((gw.log.clone(), log.into_bytes()));
     places.push(("receipt".into(), echoed.into_bytes()));
+    places.push(("/metrics".into(), metrics.into_bytes()));
+    places.push(("/status".into(), status_page.into_bytes()));
     for (path, bytes) in &places {
         for needle in [bsn, given, family, birth] {
             assert!(

@@ -14,6 +14,8 @@ use schakel::tls::dev::{ClientCertOptions, TestCa};
 pub struct ChildGateway {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The operations HTTP port (metrics, status page).
+    pub http_addr: SocketAddr,
     pub log: PathBuf,
     child: Mutex<Option<Child>>,
     env: Vec<(String, String)>,
@@ -34,13 +36,14 @@ impl ChildGateway {
         w("server.pem", &cert);
         w("server.key", &key);
         let mut config = String::new();
-        let port = {
+        let free_port = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
+        let (port, http_port) = (free_port(), free_port());
         let d = dir.path().display();
         config.push_str(&format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/data\"\n\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/ca.pem\"\n\n[limits]\nshutdown_grace_secs = 2\n\n"
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/data\"\n\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/ca.pem\"\n\n[limits]\nshutdown_grace_secs = 2\n\n[ops]\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n"
         ));
         for s in SUPPLIERS {
             config.push_str(&format!("[[suppliers]]\nid = \"{s}\"\nname = \"{s}\"\n\n"));
@@ -64,6 +67,7 @@ impl ChildGateway {
         let gateway = ChildGateway {
             log: dir.path().join("gateway.log"),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
             dir,
             child: Mutex::new(None),
             env: env
@@ -179,4 +183,20 @@ pub fn read_all_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .into_iter()
         .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
         .collect()
+}
+
+/// GET `path` on a plain-HTTP address; the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.expect("read");
+    body
 }
