@@ -1,5 +1,6 @@
 //! Personal data sent without consent is rejected and appears nowhere: not in
-//! the data folder, not in the logs (even at trace level), not in the receipt.
+//! the data folder, the logs (even at trace level), the metrics, the status
+//! page or the receipt.
 
 mod common;
 
