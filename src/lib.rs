@@ -32,3 +32,4 @@ pub mod service;
 pub mod store;
 pub mod testkit;
 pub mod tls;
+pub mod bench;

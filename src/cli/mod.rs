@@ -5,6 +5,7 @@
 //! `anyhow` is used here and in `main` only: this is where errors end up as
 //! text for a person.
 
+mod bench;
 mod pull;
 mod push;
 mod serve;
@@ -42,6 +43,11 @@ pub enum Command {
     /// Certificate tools.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Measure the gateway: ingest, latency, drain, CPU, memory, disk, baselines.
+    Bench(bench::BenchArgs),
+    /// A baseline sink for `bench` (internal).
+    #[command(hide = true)]
+    BenchSink(bench::SinkArgs),
 }
 
 /// Which config to use.
@@ -138,6 +144,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Bench(args) => bench::bench(args).await,
+            Command::BenchSink(args) => bench::sink(args).await,
         }
     });
     result.unwrap_or_else(|e| {
