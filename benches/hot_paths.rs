@@ -74,7 +74,10 @@ fn store_paths(c: &mut Criterion) {
     g.bench_function("submit_batch_of_1000", |b| {
         b.iter_batched(
             &mut batch,
-            |records| rt.block_on(store.submit("supplier-a", "b", records)).expect("submit"),
+            |records| {
+                rt.block_on(store.submit("supplier-a", "b", records))
+                    .expect("submit")
+            },
             BatchSize::LargeInput,
         )
     });

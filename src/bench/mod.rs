@@ -239,9 +239,26 @@ impl BenchReport {
             None => "not run".into(),
         };
         let values = [
-            format!("{:.0} ({} records in {:.2} s)", g.records_per_s(), g.records, g.elapsed.as_secs_f64()),
-            format!("{:.0} ({} accepted, {} duplicate, {} rejected)", g.accepted_per_s(), g.accepted, g.duplicate, g.rejected),
-            format!("{} / {} / {} ({} batches)", ms(g.p50), ms(g.p99), ms(g.max), g.batches),
+            format!(
+                "{:.0} ({} records in {:.2} s)",
+                g.records_per_s(),
+                g.records,
+                g.elapsed.as_secs_f64()
+            ),
+            format!(
+                "{:.0} ({} accepted, {} duplicate, {} rejected)",
+                g.accepted_per_s(),
+                g.accepted,
+                g.duplicate,
+                g.rejected
+            ),
+            format!(
+                "{} / {} / {} ({} batches)",
+                ms(g.p50),
+                ms(g.p99),
+                ms(g.max),
+                g.batches
+            ),
             format!(
                 "{:.0} ({} records in {:.2} s)",
                 per_second(self.drain.records, self.drain.elapsed),
@@ -363,7 +380,12 @@ impl Setup {
         let _ = writeln!(c, "key = {}", q(&certs.join("server.key")));
         let _ = writeln!(c, "client_ca = {}", q(&certs.join("ca.pem")));
         let _ = writeln!(c, "\n[limits]\nshutdown_grace_secs = 1");
-        for s in self.suppliers.iter().map(String::as_str).chain([PREFILL_SUPPLIER]) {
+        for s in self
+            .suppliers
+            .iter()
+            .map(String::as_str)
+            .chain([PREFILL_SUPPLIER])
+        {
             let _ = writeln!(c, "\n[[suppliers]]\nid = \"{s}\"\nname = \"{s}\"");
         }
         for s in &self.suppliers {
@@ -581,14 +603,17 @@ async fn drain(
     let channel = connect(url, &setup.files(REGISTRY))
         .await
         .map_err(|e| BenchError::Call(e.to_string()))?;
-    let mut registry = RegistryClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024);
+    let mut registry =
+        RegistryClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024);
     let mut acker = RegistryClient::new(channel);
     let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
     let ack_task = tokio::spawn(async move {
         let mut bad = 0usize;
         while let Some(tokens) = rx.recv().await {
             let answer = acker
-                .ack(AckRequest { lease_tokens: tokens })
+                .ack(AckRequest {
+                    lease_tokens: tokens,
+                })
                 .await
                 .map_err(|s| BenchError::Call(format!("Ack: {s}")))?
                 .into_inner();
@@ -738,8 +763,17 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut fsync_sink = None;
     if options.baselines {
         for (mode, name) in [("null", "sink-null"), ("fsync", "sink-fsync")] {
-            let (child, url, _) = setup.start(exe, name, &["bench-sink", "--mode", mode]).await?;
-            let (stats, _) = push(&setup, &url, load(options, options.records, "full"), None, false).await?;
+            let (child, url, _) = setup
+                .start(exe, name, &["bench-sink", "--mode", mode])
+                .await?;
+            let (stats, _) = push(
+                &setup,
+                &url,
+                load(options, options.records, "full"),
+                None,
+                false,
+            )
+            .await?;
             drop(child);
             if mode == "null" {
                 null_sink = Some(stats);

@@ -39,7 +39,10 @@ struct Sink {
 
 #[tonic::async_trait]
 impl Intake for Sink {
-    async fn submit_batch(&self, request: Request<Batch>) -> Result<Response<BatchReceipt>, Status> {
+    async fn submit_batch(
+        &self,
+        request: Request<Batch>,
+    ) -> Result<Response<BatchReceipt>, Status> {
         let batch = request.into_inner();
         let count = batch.records.len() as u32;
         if let Some(file) = &self.file {
@@ -97,7 +100,12 @@ pub async fn serve(mode: SinkMode, config: PathBuf) -> Result<(), BenchError> {
         max_connections: config.limits.max_connections,
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
-    let incoming = tls::incoming(listener, TlsAcceptorHandle::new(server_config), limits, stop_rx);
+    let incoming = tls::incoming(
+        listener,
+        TlsAcceptorHandle::new(server_config),
+        limits,
+        stop_rx,
+    );
     tonic::transport::Server::builder()
         .add_service(
             IntakeServer::new(Sink { file })

@@ -84,7 +84,9 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if report.passed() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: the exactly-once check FAILED: the run lost, duplicated or rejected records");
+        eprintln!(
+            "error: the exactly-once check FAILED: the run lost, duplicated or rejected records"
+        );
         Ok(ExitCode::FAILURE)
     }
 }
