@@ -841,3 +841,82 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         prefill_elapsed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(check: ExactlyOnce) -> BenchReport {
+        BenchReport {
+            options: BenchOptions::smoke(PathBuf::from("schakel")),
+            mean_record_bytes: 220,
+            gateway: PushStats {
+                records: 10,
+                accepted: 10,
+                elapsed: Duration::from_secs(1),
+                ..PushStats::default()
+            },
+            drain: DrainStats::default(),
+            cpu_ingest_s: Some(0.5),
+            cpu_drain_s: None,
+            peak_rss_bytes: None,
+            disk_bytes: 0,
+            stored_records: 10,
+            null_sink: None,
+            fsync_sink: None,
+            half_load: None,
+            check,
+            prefill_elapsed: None,
+        }
+    }
+
+    #[test]
+    fn a_lost_or_duplicated_record_fails_the_run() {
+        let ok = ExactlyOnce {
+            accepted: 10,
+            pulled: 10,
+            ..ExactlyOnce::default()
+        };
+        assert!(report(ok.clone()).passed());
+        assert!(report(ok.clone()).table().contains("| PASS ("));
+        for bad in [
+            ExactlyOnce {
+                missing: 1,
+                pulled: 9,
+                ..ok.clone()
+            },
+            ExactlyOnce {
+                duplicates: 1,
+                ..ok.clone()
+            },
+            ExactlyOnce {
+                unexpected: 1,
+                ..ok.clone()
+            },
+            ExactlyOnce {
+                bad_acks: 1,
+                ..ok.clone()
+            },
+            ExactlyOnce {
+                prefill_expected: 5,
+                prefill_pulled: 4,
+                ..ok.clone()
+            },
+        ] {
+            let r = report(bad);
+            assert!(!r.passed(), "{:?}", r.check);
+            assert!(r.table().contains("| FAIL ("), "{}", r.table());
+        }
+    }
+
+    #[test]
+    fn the_table_has_every_row_and_says_what_was_not_run() {
+        let t = report(ExactlyOnce::default()).table();
+        for row in ROWS {
+            assert!(t.contains(&format!("| {row} |")), "{row}");
+        }
+        assert!(t.contains("| baseline fsync sink (rec/s), gateway as % of it | not run |"));
+        // 0.5 CPU-s for 10 records is 5000 s per 100k; the drain was not measured.
+        assert!(t.contains("| 5000.00 / n/a |"), "{t}");
+    }
+}

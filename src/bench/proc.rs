@@ -56,9 +56,9 @@ impl Child {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Err(BenchError::Setup(format!(
-                    "{} exited with {status} before it was ready; see {}",
+                    "{} exited with {status} before it was ready; its output ends with:\n{}",
                     self.name,
-                    self.log.display()
+                    self.log_tail()
                 )));
             }
             let attempt = tokio::time::timeout(Duration::from_secs(2), connect(url, files)).await;
@@ -67,13 +67,21 @@ impl Child {
             }
             if start.elapsed() > limit {
                 return Err(BenchError::Setup(format!(
-                    "{} not ready after {limit:?}; see {}",
+                    "{} not ready after {limit:?}; its output ends with:\n{}",
                     self.name,
-                    self.log.display()
+                    self.log_tail()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The last 2000 bytes of the child's output (the log file goes away with
+    /// the run's temp folder).
+    fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        String::from_utf8_lossy(&text[start..]).into_owned()
     }
 
     /// User + system CPU seconds the child has used so far.
