@@ -29,6 +29,7 @@
 //! - [`testkit`]: a real gateway on a fresh PKI, for tests and the benchmark.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

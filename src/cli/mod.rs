@@ -6,6 +6,7 @@
 //! text for a person.
 
 pub mod admin;
+mod bench;
 mod files;
 mod ops;
 mod pull;
@@ -53,6 +54,11 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Operations (admin): supplier deliveries, dead letters.
     Ops(ops::OpsArgs),
+    /// Measure the gateway: ingest, latency, drain, CPU, memory, disk, baselines.
+    Bench(bench::BenchArgs),
+    /// A baseline sink for `bench` (internal).
+    #[command(hide = true)]
+    BenchSink(bench::SinkArgs),
 }
 
 /// Which config to use.
@@ -152,6 +158,8 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Command::Admin(args) => admin::admin(args).await.map(|()| ExitCode::SUCCESS),
             Command::Validate(args) => validate::validate(&args),
+            Command::Bench(args) => bench::bench(args).await,
+            Command::BenchSink(args) => bench::sink(args).await,
         }
     });
     result.unwrap_or_else(|e| {
