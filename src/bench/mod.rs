@@ -380,6 +380,8 @@ impl Setup {
         let _ = writeln!(c, "key = {}", q(&certs.join("server.key")));
         let _ = writeln!(c, "client_ca = {}", q(&certs.join("ca.pem")));
         let _ = writeln!(c, "\n[limits]\nshutdown_grace_secs = 1");
+        // No operations HTTP port: parallel runs would fight over its address.
+        let _ = writeln!(c, "\n[ops]\nhttp_listen = \"off\"");
         for s in self
             .suppliers
             .iter()
