@@ -95,6 +95,28 @@ pub fn open_store(config: &Config) -> Result<Store, StoreError> {
     Store::open(&config.data_dir, options)
 }
 
+/// A newly registered, active identity for the certificate described by `info`.
+pub fn new_identity(
+    info: tls::CertInfo,
+    role: Role,
+    name: String,
+    supplier_id: Option<String>,
+    added_at: SystemTime,
+) -> Identity {
+    Identity {
+        fingerprint: info.fingerprint,
+        role,
+        name,
+        supplier_id,
+        subject: info.subject,
+        serial: info.serial,
+        not_after: info.not_after,
+        added_at,
+        retire_at: None,
+        revoked_at: None,
+    }
+}
+
 /// Registers the config's suppliers and identities that the store does not know
 /// yet. Existing entries are left as they are: an admin may have suspended a
 /// supplier or revoked a certificate since, and a restart must not undo that.
@@ -131,19 +153,16 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
             source,
         })?;
         if store.identity(&info.fingerprint)?.is_none() {
-            store.put_identity(&Identity {
-                fingerprint: info.fingerprint.clone(),
-                role: seed.role,
-                name: seed.name.clone(),
-                supplier_id: seed.supplier_id.clone(),
-                subject: info.subject,
-                serial: info.serial,
-                not_after: info.not_after,
-                added_at: now,
-                retire_at: None,
-                revoked_at: None,
-            })?;
-            tracing::info!(name = %seed.name, role = ?seed.role, fingerprint = %info.fingerprint, "registered identity from config");
+            let fingerprint = info.fingerprint.clone();
+            let identity = new_identity(
+                info,
+                seed.role,
+                seed.name.clone(),
+                seed.supplier_id.clone(),
+                now,
+            );
+            store.put_identity(&identity)?;
+            tracing::info!(name = %seed.name, role = ?seed.role, %fingerprint, "registered identity from config");
         }
     }
     Ok(())

@@ -283,6 +283,18 @@ pub fn pull_request(max: u32, wait_ms: u32, lease_ms: u32) -> PullRequest {
     }
 }
 
+/// The status and its whole source chain as text: a refused TLS handshake
+/// shows only deep in it, as the alert the server sent.
+pub fn chain(status: &tonic::Status) -> String {
+    let mut text = format!("{status:?}");
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(&format!(" <- {e}"));
+        source = e.source();
+    }
+    text
+}
+
 /// The stable error code of a failed call.
 pub fn code_of(status: &tonic::Status) -> &str {
     crate::error::error_code(status).unwrap_or("<none>")

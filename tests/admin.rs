@@ -57,17 +57,6 @@ fn assert_refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Cod
     assert_eq!(code_of(&status), ours, "{status:?}");
 }
 
-/// The status and its source chain as text (TLS alerts sit deep in it).
-fn chain(status: &tonic::Status) -> String {
-    let mut text = format!("{status:?}");
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        text.push_str(&format!(" <- {e}"));
-        source = e.source();
-    }
-    text
-}
-
 /// One call over a fresh connection made with `files`.
 async fn fresh_call(
     server: &TestServer,

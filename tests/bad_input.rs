@@ -74,16 +74,6 @@ async fn still_serving(server: &TestServer) {
     assert_eq!(receipt.accepted, 1);
 }
 
-fn chain(status: &tonic::Status) -> String {
-    let mut text = format!("{status:?}");
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        text.push_str(&format!(" <- {e}"));
-        source = e.source();
-    }
-    text
-}
-
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument() {
     let server = TestServer::start().await;

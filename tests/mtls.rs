@@ -8,17 +8,6 @@ use schakel::proto::intake_client::IntakeClient;
 use schakel::tls::dev::{ClientCertOptions, TestCa};
 use tonic::Code;
 
-/// The status and its whole source chain as text (the TLS alert is deep in it).
-fn chain(status: &tonic::Status) -> String {
-    let mut text = format!("{status:?}");
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        text.push_str(&format!(" <- {e}"));
-        source = e.source();
-    }
-    text
-}
-
 /// Calls SubmitBatch over a connection made with `files`; the handshake
 /// failure shows either at connect or at the first call.
 async fn call_with(server: &TestServer, files: &ClientFiles) -> tonic::Status {

@@ -468,18 +468,7 @@ impl Admin for AdminService {
                 } else {
                     req.name
                 };
-                let identity = Identity {
-                    fingerprint: info.fingerprint,
-                    role,
-                    name,
-                    supplier_id,
-                    subject: info.subject,
-                    serial: info.serial,
-                    not_after: info.not_after,
-                    added_at: now,
-                    retire_at: None,
-                    revoked_at: None,
-                };
+                let identity = crate::server::new_identity(info, role, name, supplier_id, now);
                 store.put_identity(&identity)?;
                 Ok(certificate_info(&identity, now))
             })
