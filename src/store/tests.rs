@@ -339,6 +339,11 @@ async fn reopen_keeps_queue_and_dedup() {
         assert_eq!(got.len(), 2);
         let r = store.ack(&[got[0].lease_token.clone()]).await.unwrap();
         assert_eq!(outcomes(&r), [TokenOutcome::Acked]);
+        // Deliver m2 a second time: from attempt 2 on the count is on disk.
+        let r = store.release(&[got[1].lease_token.clone()]).await.unwrap();
+        assert_eq!(outcomes(&r), [TokenOutcome::Released]);
+        let second = store.pull(2, NOW, LEASE).await.unwrap();
+        assert_eq!((second.len(), second[0].attempt), (1, 2));
         // m2 stays leased: leases do not survive the restart.
     }
     let store = open(dir.path());
@@ -356,7 +361,7 @@ async fn reopen_keeps_queue_and_dedup() {
     );
     let got = store.pull(10, NOW, LEASE).await.unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].sequence, got[0].attempt), (s2, 2));
+    assert_eq!((got[0].sequence, got[0].attempt), (s2, 3));
     assert_eq!(got[0].content, b"y");
     // New sequences keep increasing across the restart.
     let new = store
