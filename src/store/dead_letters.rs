@@ -333,18 +333,16 @@ mod tests {
     async fn deliveries_before_a_restart_count() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = open(dir.path(), 2);
+            let store = open(dir.path(), 3);
             store.submit("sup-a", "b", vec![rec("m1")]).await.unwrap();
             let first = store
                 .pull(10, Duration::ZERO, Duration::from_secs(30))
                 .await
                 .unwrap();
             assert_eq!(first[0].attempt, 1);
-            store.sync().await.unwrap();
-        }
-        {
-            // Leases do not survive a restart: delivery 2 of 2.
-            let store = open(dir.path(), 2);
+            let released = store.release(&[first[0].lease_token.clone()]).await;
+            assert_eq!(released.unwrap()[0].outcome, TokenOutcome::Released);
+            // Delivery 2 is the first one whose count is written.
             let second = store
                 .pull(10, Duration::ZERO, Duration::from_secs(30))
                 .await
@@ -352,12 +350,22 @@ mod tests {
             assert_eq!(second[0].attempt, 2);
             store.sync().await.unwrap();
         }
-        let store = open(dir.path(), 2);
-        let third = store
+        {
+            // Leases do not survive a restart: delivery 3 of 3.
+            let store = open(dir.path(), 3);
+            let third = store
+                .pull(10, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(third[0].attempt, 3);
+            store.sync().await.unwrap();
+        }
+        let store = open(dir.path(), 3);
+        let fourth = store
             .pull(10, Duration::ZERO, Duration::from_secs(30))
             .await
             .unwrap();
-        assert!(third.is_empty(), "delivered a third time");
+        assert!(fourth.is_empty(), "delivered a fourth time");
         assert_eq!(store.dead_letter_count().unwrap(), 1);
         assert_eq!(store.queue_stats().depth, 0);
         let seq = store.dead_letters(0).await.unwrap()[0].sequence;

@@ -9,6 +9,14 @@
 //! - `q` + sequence (u64 BE) -> version(1) + received_at unix ms (u64 BE) +
 //!   3 x (len u32 BE + bytes: supplier_id, message_id, batch_id) + content (rest).
 //! - `n` + sequence (u64 BE) -> delivery attempts so far (u32 BE), unsynced.
+//!   Written only from the second delivery on (or on the first when
+//!   `max_deliveries` is 1, so that limit holds across restarts): no `n` key
+//!   means at most one delivery, so the common pull + ack of a record costs no
+//!   `n` insert and one remove. Consequence: a record delivered once and not
+//!   acked before a restart is delivered as attempt 1 again; from attempt 2 on
+//!   the count survives restarts (dead letters and backoff rely on that).
+//!   `load` removes `n` keys left without a queue entry (e.g. written under an
+//!   older rule or another `max_deliveries` and not removed by the ack).
 //! - `x` + sequence (u64 BE) -> a dead letter (see `dead_letters`): a record
 //!   delivered `max_deliveries` times without an ack, out of the queue.
 //!
@@ -356,10 +364,29 @@ pub(crate) fn load(records: &sled::Tree) -> Result<Loaded, StoreError> {
         max_seq = max_seq.max(seq);
     }
     let mut attempts = HashMap::new();
+    let mut orphans = sled::Batch::default();
+    let mut orphan_count = 0usize;
     for item in records.scan_prefix([b'n']) {
         let (k, v) = item.map_err(|e| StoreError::sled("loading delivery attempts at open", e))?;
         let seq = decode_seq_key(b'n', &k)?;
-        attempts.insert(seq, decode_attempts(seq, &v)?);
+        let queued = records
+            .contains_key(queue_key(seq))
+            .map_err(|e| StoreError::sled("loading delivery attempts at open", e))?;
+        if queued {
+            attempts.insert(seq, decode_attempts(seq, &v)?);
+        } else {
+            orphans.remove(k);
+            orphan_count += 1;
+        }
+    }
+    if orphan_count > 0 {
+        records
+            .apply_batch(orphans)
+            .map_err(|e| StoreError::sled("removing stale delivery attempts at open", e))?;
+        tracing::info!(
+            removed = orphan_count,
+            "removed delivery counters of records no longer queued"
+        );
     }
     Ok(Loaded {
         max_seq,
@@ -466,6 +493,13 @@ impl QueueState {
             backoff: backoff.min(MAX_BACKOFF),
             counters: QueueCounters::default(),
         }
+    }
+
+    /// Whether delivery `attempt` of a record is written as its `n` key (and so
+    /// must be removed with it): from the second delivery on, or always when a
+    /// single delivery is the limit.
+    pub(super) fn records_attempt(&self, attempt: u32) -> bool {
+        attempt >= 2 || self.max_deliveries == 1
     }
 
     /// Whether `seq` has used up its deliveries and must become a dead letter.
@@ -652,6 +686,7 @@ impl Inner {
         q.reap(now);
         let mut out = Vec::new();
         let mut attempts_batch = sled::Batch::default();
+        let mut attempts_written = false;
         let mut lease_one = |q: &mut QueueState, seq: u64, value: &[u8]| {
             let entry = decode_entry(seq, value)?;
             let attempt = q.attempts.get(&seq).copied().unwrap_or(0).saturating_add(1);
@@ -674,7 +709,10 @@ impl Inner {
             );
             q.deadlines.insert((deadline, seq));
             q.attempts.insert(seq, attempt);
-            attempts_batch.insert(&attempt_key(seq)[..], &attempt.to_be_bytes()[..]);
+            if q.records_attempt(attempt) {
+                attempts_batch.insert(&attempt_key(seq)[..], &attempt.to_be_bytes()[..]);
+                attempts_written = true;
+            }
             Ok::<_, StoreError>(Delivery {
                 sequence: seq,
                 supplier_id: entry.supplier_id.to_owned(),
@@ -744,11 +782,13 @@ impl Inner {
             }
         }
 
-        if !out.is_empty() {
+        if attempts_written {
             self.records
                 .apply_batch(attempts_batch)
                 .map_err(|e| StoreError::sled("recording delivery attempts", e))?;
             self.commit.mark_dirty();
+        }
+        if !out.is_empty() {
             q.counters.delivered += out.len() as u64;
         }
         let next_deadline = q.next_wake();
@@ -790,7 +830,9 @@ impl Inner {
                 .is_some_and(|l| l.matches(attempt, nonce) && l.state == LeaseState::Active);
             let outcome = if active {
                 batch.remove(&queue_key(seq)[..]);
-                batch.remove(&attempt_key(seq)[..]);
+                if q.records_attempt(attempt) {
+                    batch.remove(&attempt_key(seq)[..]);
+                }
                 q.drop_lease(seq);
                 acked.insert(seq);
                 needs_sync = true;

@@ -339,6 +339,11 @@ async fn reopen_keeps_queue_and_dedup() {
         assert_eq!(got.len(), 2);
         let r = store.ack(&[got[0].lease_token.clone()]).await.unwrap();
         assert_eq!(outcomes(&r), [TokenOutcome::Acked]);
+        // Deliver m2 a second time: from attempt 2 on the count is on disk.
+        let r = store.release(&[got[1].lease_token.clone()]).await.unwrap();
+        assert_eq!(outcomes(&r), [TokenOutcome::Released]);
+        let second = store.pull(2, NOW, LEASE).await.unwrap();
+        assert_eq!((second.len(), second[0].attempt), (1, 2));
         // m2 stays leased: leases do not survive the restart.
     }
     let store = open(dir.path());
@@ -356,7 +361,7 @@ async fn reopen_keeps_queue_and_dedup() {
     );
     let got = store.pull(10, NOW, LEASE).await.unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].sequence, got[0].attempt), (s2, 2));
+    assert_eq!((got[0].sequence, got[0].attempt), (s2, 3));
     assert_eq!(got[0].content, b"y");
     // New sequences keep increasing across the restart.
     let new = store
@@ -644,4 +649,70 @@ async fn timing_1000_record_submit() {
     let started = Instant::now();
     store.ack(&tokens).await.unwrap();
     eprintln!("ack of {} tokens: {:?}", tokens.len(), started.elapsed());
+}
+
+/// The `n` keys in the records tree, as (sequence, attempts).
+fn attempt_keys(store: &Store) -> Vec<(u64, u32)> {
+    store
+        .inner
+        .records
+        .scan_prefix([b'n'])
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            let seq = u64::from_be_bytes(k[1..9].try_into().unwrap());
+            (seq, u32::from_be_bytes(v[..4].try_into().unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn attempt_key_only_from_second_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2);
+    {
+        let store = open(dir.path());
+        let out = store
+            .submit("sup-a", "b", vec![rec("m1", "x"), rec("m2", "y")])
+            .await
+            .unwrap();
+        (s1, s2) = (seq_of(out[0]), seq_of(out[1]));
+        let got = store.pull(2, NOW, LEASE).await.unwrap();
+        assert_eq!((got[0].attempt, got[1].attempt), (1, 1));
+        assert_eq!(attempt_keys(&store), []);
+        let r = store.release(&[got[1].lease_token.clone()]).await.unwrap();
+        assert_eq!(outcomes(&r), [TokenOutcome::Released]);
+        let again = store.pull(2, NOW, LEASE).await.unwrap();
+        assert_eq!((again[0].sequence, again[0].attempt), (s2, 2));
+        assert_eq!(attempt_keys(&store), [(s2, 2)]);
+        let r = store
+            .ack(&[got[0].lease_token.clone(), again[0].lease_token.clone()])
+            .await
+            .unwrap();
+        assert_eq!(outcomes(&r), [TokenOutcome::Acked, TokenOutcome::Acked]);
+        assert_eq!(attempt_keys(&store), []);
+        // A stale counter of a record no longer queued (older layout).
+        store
+            .inner
+            .records
+            .insert(queue::attempt_key(s1), &1u32.to_be_bytes())
+            .unwrap();
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        attempt_keys(&store),
+        [],
+        "stale counter not removed at open"
+    );
+    store
+        .submit("sup-a", "b", vec![rec("m3", "z")])
+        .await
+        .unwrap();
+    let got = store.pull(1, NOW, LEASE).await.unwrap();
+    assert_eq!(got[0].attempt, 1);
+    drop(store);
+    // Delivered once, not acked, restarted: attempt 1 again (documented).
+    let store = open(dir.path());
+    let got = store.pull(1, NOW, LEASE).await.unwrap();
+    assert_eq!((got[0].message_id.as_str(), got[0].attempt), ("m3", 1));
 }
