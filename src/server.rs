@@ -365,19 +365,19 @@ async fn serve_once(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(InterceptedService::new(
             intake,
-            Authorize::new(store.clone(), Role::Supplier),
+            Authorize::new(store.clone(), Role::Supplier, "Intake"),
         ))
         .add_service(InterceptedService::new(
             registry,
-            Authorize::new(store.clone(), Role::Registry),
+            Authorize::new(store.clone(), Role::Registry, "Registry"),
         ))
         .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(store.clone(), reloader)),
-            Authorize::new(store.clone(), Role::Admin),
+            Authorize::new(store.clone(), Role::Admin, "Admin"),
         ))
         .add_service(InterceptedService::new(
             operations,
-            Authorize::new(store.clone(), Role::Admin),
+            Authorize::new(store.clone(), Role::Admin, "Operations"),
         ))
         .add_service(health)
         .add_service(reflection);

@@ -209,6 +209,54 @@ async fn revoking_reaches_a_channel_that_is_already_open() {
             .unwrap(),
         1
     );
+    // The refusal is in the audit trail: who, which service, which code.
+    let supplier_b = fingerprint_of(&server, SUPPLIER_B);
+    let events = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: supplier_b.clone(),
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "access_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert_eq!(refused[0].outcome, "CERTIFICATE_REVOKED");
+    assert_eq!(refused[0].role, "supplier");
+    assert!(refused[0].actor.contains("supplier-b"), "{:?}", refused[0]);
+    assert!(
+        refused[0]
+            .detail
+            .starts_with("service=Intake needs_role=supplier peer=127.0.0.1:"),
+        "{:?}",
+        refused[0]
+    );
+    // A registered certificate calling a service of another role: audited too.
+    let mut as_supplier = AdminClient::new(server.channel(SUPPLIER_A).await);
+    assert_refused(
+        as_supplier.list_suppliers(ListSuppliersRequest {}).await,
+        Code::PermissionDenied,
+        "WRONG_ROLE",
+    );
+    let events = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: fingerprint_of(&server, SUPPLIER_A),
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "access_refused")
+        .map(|e| (e.outcome.as_str(), e.role.as_str()))
+        .collect();
+    assert_eq!(refused, [("WRONG_ROLE", "supplier")], "{events:?}");
     // Unknown fingerprint: NOT_FOUND.
     assert_refused(
         admin

@@ -1,5 +1,6 @@
 //! Structured logs of a batch: every line written while a batch is handled
-//! carries the supplier and the batch id (span fields), in the JSON format of
+//! carries the supplier and the batch id (span fields), every line of a pull or
+//! an ack the call and the registry identity, in the JSON format of
 //! `--log-json`, and no line carries patient data. Its own test binary, so no
 //! other test's gateway writes into the captured log.
 
@@ -46,6 +47,23 @@ async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
         .submit_batch(batch("log-check-batch", vec![record("log-1"), bad]))
         .await
         .expect("submit");
+    let mut registry = server.registry().await;
+    let pulled = registry
+        .pull(schakel::proto::PullRequest {
+            max_records: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+        .records;
+    assert_eq!(pulled.len(), 1);
+    registry
+        .ack(schakel::proto::AckRequest {
+            lease_tokens: vec![pulled[0].lease_token.clone()],
+        })
+        .await
+        .expect("ack");
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -66,6 +84,16 @@ async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
         assert_eq!(line["span"]["name"], "submit_batch", "{line}");
         assert_eq!(line["span"]["supplier"], SUPPLIER_A, "{line}");
         assert_eq!(line["span"]["batch"], "log-check-batch", "{line}");
+    }
+    for (call, msg) in [("pull", "pulled"), ("ack", "acked")] {
+        let line = lines
+            .iter()
+            .find(|l| message(l) == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} line: {text}"));
+        assert_eq!(line["span"]["name"], "registry", "{line}");
+        assert_eq!(line["span"]["call"], call, "{line}");
+        let identity = line["span"]["identity"].as_str().unwrap_or("");
+        assert!(identity.contains("registry"), "{line}");
     }
     for forbidden in ["249566758", "123456789", "Berg", "1950-04-12"] {
         assert!(!text.contains(forbidden), "{forbidden} in the log: {text}");

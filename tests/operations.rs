@@ -553,7 +553,7 @@ async fn a_poison_record_ends_in_the_dead_letters_and_can_be_requeued() {
     assert_eq!(batches.len(), 1, "{events:?}");
     assert!(
         batches[0].detail.contains("batch_id=poison")
-            && batches[0].detail.contains("message_ids=[p-1]"),
+            && batches[0].detail.contains(r#"message_ids=["p-1"]"#),
         "{}",
         batches[0].detail
     );

@@ -209,14 +209,6 @@ fn supplier_info(s: &Supplier) -> SupplierInfo {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Supplier => "supplier",
-        Role::Registry => "registry",
-        Role::Admin => "admin",
-    }
-}
-
 /// "active", "retiring", "retired", "revoked" or "expired" at `now`.
 pub fn certificate_status(identity: &Identity, now: SystemTime) -> &'static str {
     if identity.revoked_at.is_some() {
@@ -235,7 +227,7 @@ pub fn certificate_status(identity: &Identity, now: SystemTime) -> &'static str 
 fn certificate_info(i: &Identity, now: SystemTime) -> CertificateInfo {
     CertificateInfo {
         fingerprint: i.fingerprint.clone(),
-        role: role_name(i.role).to_owned(),
+        role: i.role.as_str().to_owned(),
         name: i.name.clone(),
         supplier_id: i.supplier_id.clone().unwrap_or_default(),
         subject: i.subject.clone(),
@@ -595,7 +587,7 @@ impl Admin for AdminService {
                         at: timestamp(e.at),
                         actor_fingerprint: e.actor_fingerprint,
                         actor: e.actor,
-                        role: e.role.map(role_name).unwrap_or_default().to_owned(),
+                        role: e.role.map(Role::as_str).unwrap_or_default().to_owned(),
                         action: e.action,
                         detail: e.detail,
                         outcome: e.outcome,

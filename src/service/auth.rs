@@ -7,6 +7,11 @@
 //! The lookup happens per request, not per connection, so a certificate that is
 //! revoked or retired, or a supplier that is suspended, is refused on its very
 //! next call, also on an HTTP/2 connection opened before.
+//!
+//! Every refusal is audited (action `access_refused`: the certificate's
+//! fingerprint, the identity's name when it is registered, the service and the
+//! code), so the trail shows the calls that were turned away as well as those
+//! that were served.
 
 use std::time::SystemTime;
 
@@ -14,7 +19,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::error::ServiceError;
-use crate::store::{Identity, Role, Store};
+use crate::store::{AuditEvent, Identity, Role, Store};
 use crate::tls::PeerInfo;
 
 /// Who is calling: put in every authorised request's extensions.
@@ -53,12 +58,42 @@ impl Caller {
 pub struct Authorize {
     store: Store,
     role: Role,
+    /// The guarded service's name, for the audit trail ("Intake", ...).
+    service: &'static str,
 }
 
 impl Authorize {
-    /// Admits only active identities of `role`.
-    pub fn new(store: Store, role: Role) -> Self {
-        Authorize { store, role }
+    /// Admits only active identities of `role` to `service`.
+    pub fn new(store: Store, role: Role, service: &'static str) -> Self {
+        Authorize {
+            store,
+            role,
+            service,
+        }
+    }
+
+    /// Writes the audit event of a refused call: ids and the code, no content.
+    fn audit_refusal(&self, peer: &PeerInfo, error: &ServiceError) {
+        let identity = self.store.identity(&peer.fingerprint).ok().flatten();
+        let event = AuditEvent {
+            at: SystemTime::now(),
+            actor_fingerprint: peer.fingerprint.clone(),
+            actor: identity
+                .as_ref()
+                .map_or_else(|| "(not registered)".to_owned(), |i| i.name.clone()),
+            role: identity.as_ref().map(|i| i.role),
+            action: "access_refused".into(),
+            detail: format!(
+                "service={} needs_role={} peer={}",
+                self.service,
+                self.role.as_str(),
+                peer.remote_addr
+            ),
+            outcome: error.code().into(),
+        };
+        if let Err(e) = self.store.audit(event) {
+            tracing::error!(error = %e, "writing audit event");
+        }
     }
 
     /// Looks up and checks the caller of a request.
@@ -113,7 +148,8 @@ impl Interceptor for Authorize {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.check(&request).map_err(|e| {
             if let Some(peer) = request.extensions().get::<PeerInfo>() {
-                tracing::info!(peer = %peer.remote_addr, fingerprint = %peer.fingerprint, code = e.code(), "call refused");
+                tracing::info!(peer = %peer.remote_addr, fingerprint = %peer.fingerprint, service = self.service, code = e.code(), "call refused");
+                self.audit_refusal(peer, &e);
             }
             Status::from(e)
         })?;

@@ -55,9 +55,6 @@ impl IntakeService {
 /// The valid records of a batch and their warnings, in batch order.
 type ValidRecords = (Vec<NewRecord>, Vec<Vec<proto::Finding>>);
 
-/// Most message ids listed in a batch's audit event.
-const AUDIT_MESSAGE_IDS: usize = 100;
-
 /// The latest date a vaccination may have: today somewhere on Earth (UTC+14),
 /// so that no time zone sees a same-day vaccination as "in the future".
 pub fn latest_valid_date(now: SystemTime) -> time::Date {
@@ -191,19 +188,9 @@ impl IntakeService {
             .map(|(i, r, w)| (i, (r, w)))
             .unzip();
         let message_ids: Vec<String> = new_records.iter().map(|r| r.message_id.clone()).collect();
-        let audit_ids = {
-            let shown: Vec<&str> = message_ids
-                .iter()
-                .take(AUDIT_MESSAGE_IDS)
-                .map(String::as_str)
-                .collect();
-            let more = message_ids.len().saturating_sub(shown.len());
-            if more > 0 {
-                format!("[{}] (+{more} more)", shown.join(","))
-            } else {
-                format!("[{}]", shown.join(","))
-            }
-        };
+        // A JSON array: message ids may hold any printable ASCII, commas too.
+        let audit_ids = serde_json::to_string(&message_ids)
+            .map_err(|e| ServiceError::Internal(format!("listing message ids: {e}")))?;
         let outcomes = if new_records.is_empty() {
             Vec::new()
         } else {

@@ -1,12 +1,14 @@
 //! `schakel.v1.Registry`: the registry leases queued records (Pull), then
 //! acknowledges (Ack) or gives them back (Release). A thin adapter over the
 //! store's queue: it caps what the caller asks for and turns store types into
-//! wire types. Logs sequences and counts, never record content.
+//! wire types. Logs sequences and counts, never record content; every line of a
+//! call is in a span naming the call and the registry identity.
 
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::config::Limits;
 use crate::error::ServiceError;
@@ -115,10 +117,12 @@ fn check_tokens(tokens: &[String]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl Registry for RegistryService {
-    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
-        let caller = Caller::of(&request)?;
+impl RegistryService {
+    async fn serve_pull(
+        &self,
+        caller: Caller,
+        request: Request<PullRequest>,
+    ) -> Result<Response<PullResponse>, Status> {
         let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let req = request.into_inner();
         let l = &self.limits;
@@ -167,8 +171,11 @@ impl Registry for RegistryService {
         Ok(Response::new(PullResponse { records }))
     }
 
-    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        let caller = Caller::of(&request)?;
+    async fn serve_ack(
+        &self,
+        caller: Caller,
+        request: Request<AckRequest>,
+    ) -> Result<Response<AckResponse>, Status> {
         let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let tokens = request.into_inner().lease_tokens;
         check_tokens(&tokens)?;
@@ -180,11 +187,11 @@ impl Registry for RegistryService {
         Ok(Response::new(AckResponse { results }))
     }
 
-    async fn release(
+    async fn serve_release(
         &self,
+        caller: Caller,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        let caller = Caller::of(&request)?;
         let _permit = self.limiter.admit(&caller.peer.fingerprint, None, 0)?;
         let tokens = request.into_inner().lease_tokens;
         check_tokens(&tokens)?;
@@ -198,5 +205,34 @@ impl Registry for RegistryService {
         tracing::info!(tokens = results.len(), "released");
         self.audit(&caller, "release", summary);
         Ok(Response::new(ReleaseResponse { results }))
+    }
+}
+
+/// The span of one registry call: its name and the caller's identity.
+fn call_span(call: &'static str, caller: &Caller) -> tracing::Span {
+    tracing::info_span!("registry", call, identity = %caller.identity.name)
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let span = call_span("pull", &caller);
+        self.serve_pull(caller, request).instrument(span).await
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let span = call_span("ack", &caller);
+        self.serve_ack(caller, request).instrument(span).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let span = call_span("release", &caller);
+        self.serve_release(caller, request).instrument(span).await
     }
 }

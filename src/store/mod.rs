@@ -183,6 +183,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role as written in the config, the audit trail and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Supplier => "supplier",
+            Role::Registry => "registry",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// Who a client certificate is. Keyed by the certificate's SHA-256 fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
