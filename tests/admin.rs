@@ -1038,3 +1038,63 @@ async fn the_cli_rotates_a_certificate_as_the_readme_says() {
         ]
     );
 }
+
+/// `schakel admin suppliers list --json` with its connection from the
+/// environment only (`vars` plus `SCHAKEL_SERVER`), none inherited.
+async fn admin_cli_with_env(
+    url: String,
+    vars: Vec<(&'static str, PathBuf)>,
+) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"));
+    command
+        .args(["admin", "suppliers", "list", "--json"])
+        .env("SCHAKEL_SERVER", url);
+    for var in [
+        "SCHAKEL_CA",
+        "SCHAKEL_CERT",
+        "SCHAKEL_KEY",
+        "SCHAKEL_DOMAIN",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(vars);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_takes_its_connection_from_the_environment() {
+    let server = TestServer::start().await;
+    let certs = server.certs();
+    let out = admin_cli_with_env(
+        server.url(),
+        vec![
+            ("SCHAKEL_CA", certs.join("ca.pem")),
+            ("SCHAKEL_CERT", certs.join("admin.pem")),
+            ("SCHAKEL_KEY", certs.join("admin.key")),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(SUPPLIER_A), "{stdout}");
+
+    // A supplier's certificate from the environment: the gateway refuses it.
+    let out = admin_cli_with_env(
+        server.url(),
+        vec![
+            ("SCHAKEL_CA", certs.join("ca.pem")),
+            ("SCHAKEL_CERT", certs.join(format!("{SUPPLIER_A}.pem"))),
+            ("SCHAKEL_KEY", certs.join(format!("{SUPPLIER_A}.key"))),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("WRONG_ROLE"), "{stderr}");
+}

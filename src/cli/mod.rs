@@ -101,16 +101,16 @@ pub struct ConnectArgs {
     #[arg(long, default_value = "https://localhost:7443", env = "SCHAKEL_SERVER")]
     pub server: String,
     /// CA bundle the gateway's certificate must chain to.
-    #[arg(long)]
+    #[arg(long, env = "SCHAKEL_CA")]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM).
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", env = "SCHAKEL_CERT")]
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[arg(long, requires = "cert")]
+    #[arg(long, requires = "cert", env = "SCHAKEL_KEY")]
     pub key: Option<PathBuf>,
     /// Name to verify in the gateway's certificate.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, default_value = "localhost", env = "SCHAKEL_DOMAIN")]
     pub domain: String,
 }
 
