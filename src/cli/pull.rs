@@ -5,7 +5,8 @@
 //! Ctrl-C or SIGTERM stops it after the current batch is written and
 //! acknowledged, releasing records it pulled but did not write.
 //!
-//! Exactly once into `--out FILE`: at start the file is read, a torn last line
+//! Exactly once into `--out FILE`: at start the file is read (streamed; only the
+//! sequences are kept in memory), a torn last line
 //! (from a crash mid-write) is cut off, and the sequences already in it are
 //! remembered; a record delivered again (its ack was lost, or its lease ran out)
 //! whose sequence is already in the file is acknowledged without being written.
@@ -14,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,41 +87,47 @@ pub fn open_output(path: &Path) -> anyhow::Result<(File, HashSet<u64>)> {
         .truncate(false)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let mut content = Vec::new();
-    file.read_to_end(&mut content)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let complete = content
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    // Streamed line by line: a day's file can be larger than memory wants.
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let (mut complete, mut total, mut n) = (0u64, 0u64, 0u64);
+    let mut line = Vec::new();
     let mut seen = HashSet::new();
-    for (n, line) in content
-        .get(..complete)
-        .unwrap_or_default()
-        .split(|&b| b == b'\n')
-        .enumerate()
-    {
-        if line.is_empty() {
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+        n += 1;
+        if line.last() != Some(&b'\n') {
+            break; // a torn last line: cut below
+        }
+        complete = total;
+        let body = &line[..line.len() - 1];
+        if body.is_empty() {
             continue;
         }
-        match sequence_of_line(line) {
+        match sequence_of_line(body) {
             Some(seq) => {
                 seen.insert(seq);
             }
             None => bail!(
-                "{} line {} is not a record written by schakel pull; refusing to append to it",
+                "{} line {n} is not a record written by schakel pull; refusing to append to it",
                 path.display(),
-                n + 1
             ),
         }
     }
-    if complete < content.len() {
+    drop(reader);
+    if complete < total {
         eprintln!(
             "{}: cutting off a torn last line ({} bytes) left by an interrupted run",
             path.display(),
-            content.len() - complete
+            total - complete
         );
-        file.set_len(complete as u64)
+        file.set_len(complete)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
     }
