@@ -45,6 +45,10 @@ async fn smoke_run_pulls_every_accepted_record_exactly_once() {
     }
     assert!(table.contains("| PASS ("), "{table}");
     assert!(!table.contains("n/a"), "every figure measured:\n{table}");
+    assert!(
+        report.empty_store.is_none(),
+        "no reference run without --scale"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +70,19 @@ async fn scale_mode_drains_the_prefilled_queue_too() {
         report.stored_records,
         3_000 + report.gateway.accepted as u64
     );
+    // The empty-store reference ran the same load in the same run, and its
+    // records are in the exactly-once check too.
+    let (empty_push, empty_drain) = report.empty_store.as_ref().expect("reference ran");
+    assert_eq!(empty_push.accepted, report.gateway.accepted);
+    assert_eq!(empty_drain.records, empty_push.accepted);
+    assert_eq!(report.check.accepted, 2 * report.gateway.accepted);
+    assert_eq!(report.check.pulled, report.check.accepted);
     let table = report.table();
     assert!(table.contains("prefilled dedup entries 3000"), "{table}");
+    assert!(
+        table.contains("| scale: empty store ingest / drain (rec/s), prefilled as % of it | "),
+        "{table}"
+    );
+    assert!(!table.contains("prefilled as % of it | not run"), "{table}");
     assert!(table.contains("| baseline null sink (rec/s), gateway as % of it | not run |"));
 }

@@ -144,6 +144,16 @@ pub struct ExactlyOnce {
 }
 
 impl ExactlyOnce {
+    /// Adds the counts of another phase's check (not its prefill counts).
+    fn add(&mut self, other: &ExactlyOnce) {
+        self.accepted += other.accepted;
+        self.pulled += other.pulled;
+        self.missing += other.missing;
+        self.unexpected += other.unexpected;
+        self.duplicates += other.duplicates;
+        self.bad_acks += other.bad_acks;
+    }
+
     pub fn passed(&self) -> bool {
         self.missing == 0
             && self.unexpected == 0
@@ -178,6 +188,9 @@ pub struct BenchReport {
     pub half_load: Option<(f64, PushStats)>,
     pub check: ExactlyOnce,
     pub prefill_elapsed: Option<Duration>,
+    /// Scale mode: the same ingest and drain against an empty store, measured
+    /// in the same run before the prefilled one, as the reference.
+    pub empty_store: Option<(PushStats, DrainStats)>,
 }
 
 /// The labels of the table's rows, in order (the smoke test checks them).
@@ -192,6 +205,7 @@ pub const ROWS: &[&str] = &[
     "baseline null sink (rec/s), gateway as % of it",
     "baseline fsync sink (rec/s), gateway as % of it",
     "half load: rate (rec/s), latency p50 / p99 / max (ms)",
+    "scale: empty store ingest / drain (rec/s), prefilled as % of it",
     "exactly once (accepted == pulled, no duplicates)",
 ];
 
@@ -289,6 +303,20 @@ impl BenchReport {
                     ms(s.p99),
                     ms(s.max)
                 ),
+                None => "not run".into(),
+            },
+            match &self.empty_store {
+                Some((push, drain)) => {
+                    let drain_rate = per_second(drain.records, drain.elapsed);
+                    format!(
+                        "{:.0} / {:.0}; prefilled {:.0}% / {:.0}%",
+                        push.records_per_s(),
+                        drain_rate,
+                        100.0 * g.records_per_s() / push.records_per_s().max(1e-9),
+                        100.0 * per_second(self.drain.records, self.drain.elapsed)
+                            / drain_rate.max(1e-9)
+                    )
+                }
                 None => "not run".into(),
             },
             {
@@ -785,6 +813,22 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
     }
 
+    // Scale mode: first the same load against an empty store (its own data
+    // folder), so the cost of the prefilled store is a ratio from one run.
+    let mut empty_store = None;
+    let mut empty_check = None;
+    if options.scale > 0 {
+        let (gateway, url, _) = setup.start(exe, "gateway-empty", &["serve"]).await?;
+        let reference = load(options, options.records, "full");
+        let fresh = reference.fresh;
+        let (stats, accepted) = push(&setup, &url, reference, None, true).await?;
+        let (drain_stats, mut check) = drain(&setup, &url, accepted.len(), &accepted, 0).await?;
+        check.missing += fresh.abs_diff(stats.accepted);
+        drop(gateway);
+        empty_store = Some((stats, drain_stats));
+        empty_check = Some(check);
+    }
+
     let data = setup.dir.path().join("gateway-data");
     let prefill_elapsed = if options.scale > 0 {
         Some(prefill(&data, options.scale, options.seed).await?)
@@ -808,18 +852,18 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         check.missing += fresh.abs_diff(stats.accepted);
     }
 
+    // The reference run's records count in the exactly-once check as well.
+    if let Some(c) = empty_check {
+        check.add(&c);
+    }
+
     let mut half_load = None;
     if options.half_load {
         let target = stats.records_per_s() / 2.0;
         let half = load(options, (options.records / 2).max(1), "half");
         let (half_stats, half_accepted) = push(&setup, &url, half, Some(target), true).await?;
         let (_, half_check) = drain(&setup, &url, half_accepted.len(), &half_accepted, 0).await?;
-        check.accepted += half_check.accepted;
-        check.pulled += half_check.pulled;
-        check.missing += half_check.missing;
-        check.unexpected += half_check.unexpected;
-        check.duplicates += half_check.duplicates;
-        check.bad_acks += half_check.bad_acks;
+        check.add(&half_check);
         half_load = Some((target, half_stats));
     }
     let peak_rss_bytes = gateway.peak_rss_bytes();
@@ -841,6 +885,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         half_load,
         check,
         prefill_elapsed,
+        empty_store,
     })
 }
 
@@ -869,6 +914,7 @@ mod tests {
             half_load: None,
             check,
             prefill_elapsed: None,
+            empty_store: None,
         }
     }
 
