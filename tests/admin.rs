@@ -179,6 +179,23 @@ async fn rotation_with_overlap_then_the_old_certificate_stops_at_its_retire_time
     assert_eq!(states, expected);
 }
 
+/// The `access_refused` events of one certificate in the audit trail.
+async fn refusals(admin: &mut AdminClient<Channel>, fingerprint: String) -> Vec<AuditEntry> {
+    let events = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: fingerprint,
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    events
+        .into_iter()
+        .filter(|e| e.action == "access_refused")
+        .collect()
+}
+
 #[tokio::test]
 async fn revoking_reaches_a_channel_that_is_already_open() {
     let server = TestServer::start().await;
@@ -210,21 +227,8 @@ async fn revoking_reaches_a_channel_that_is_already_open() {
         1
     );
     // The refusal is in the audit trail: who, which service, which code.
-    let supplier_b = fingerprint_of(&server, SUPPLIER_B);
-    let events = admin
-        .query_audit(QueryAuditRequest {
-            actor_fingerprint: supplier_b.clone(),
-            ..QueryAuditRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    let refused: Vec<_> = events
-        .iter()
-        .filter(|e| e.action == "access_refused")
-        .collect();
-    assert_eq!(refused.len(), 1, "{events:?}");
+    let refused = refusals(&mut admin, fingerprint_of(&server, SUPPLIER_B)).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].outcome, "CERTIFICATE_REVOKED");
     assert_eq!(refused[0].role, "supplier");
     assert!(refused[0].actor.contains("supplier-b"), "{:?}", refused[0]);
@@ -242,21 +246,12 @@ async fn revoking_reaches_a_channel_that_is_already_open() {
         Code::PermissionDenied,
         "WRONG_ROLE",
     );
-    let events = admin
-        .query_audit(QueryAuditRequest {
-            actor_fingerprint: fingerprint_of(&server, SUPPLIER_A),
-            ..QueryAuditRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    let refused: Vec<_> = events
+    let refused = refusals(&mut admin, fingerprint_of(&server, SUPPLIER_A)).await;
+    let seen: Vec<_> = refused
         .iter()
-        .filter(|e| e.action == "access_refused")
         .map(|e| (e.outcome.as_str(), e.role.as_str()))
         .collect();
-    assert_eq!(refused, [("WRONG_ROLE", "supplier")], "{events:?}");
+    assert_eq!(seen, [("WRONG_ROLE", "supplier")], "{refused:?}");
     // Unknown fingerprint: NOT_FOUND.
     assert_refused(
         admin

@@ -324,17 +324,22 @@ async fn unknown_tokens() {
     );
 }
 
+/// Submits m1 ("x") and m2 ("y") of sup-a; their sequences.
+async fn submit_m1_m2(store: &Store) -> (u64, u64) {
+    let out = store
+        .submit("sup-a", "b", vec![rec("m1", "x"), rec("m2", "y")])
+        .await
+        .unwrap();
+    (seq_of(out[0]), seq_of(out[1]))
+}
+
 #[tokio::test]
 async fn reopen_keeps_queue_and_dedup() {
     let dir = tempfile::tempdir().unwrap();
     let (s1, s2);
     {
         let store = open(dir.path());
-        let out = store
-            .submit("sup-a", "b", vec![rec("m1", "x"), rec("m2", "y")])
-            .await
-            .unwrap();
-        (s1, s2) = (seq_of(out[0]), seq_of(out[1]));
+        (s1, s2) = submit_m1_m2(&store).await;
         let got = store.pull(2, NOW, LEASE).await.unwrap();
         assert_eq!(got.len(), 2);
         let r = store.ack(&[got[0].lease_token.clone()]).await.unwrap();
@@ -671,11 +676,7 @@ async fn attempt_key_only_from_second_delivery() {
     let (s1, s2);
     {
         let store = open(dir.path());
-        let out = store
-            .submit("sup-a", "b", vec![rec("m1", "x"), rec("m2", "y")])
-            .await
-            .unwrap();
-        (s1, s2) = (seq_of(out[0]), seq_of(out[1]));
+        (s1, s2) = submit_m1_m2(&store).await;
         let got = store.pull(2, NOW, LEASE).await.unwrap();
         assert_eq!((got[0].attempt, got[1].attempt), (1, 1));
         assert_eq!(attempt_keys(&store), []);
