@@ -1059,7 +1059,7 @@ async fn admin_cli_with_env(
 }
 
 #[tokio::test]
-async fn the_cli_takes_its_connection_from_the_environment() {
+async fn the_cli_takes_its_connection_from_the_environment_or_a_client_config() {
     let server = TestServer::start().await;
     let certs = server.certs();
     let out = admin_cli_with_env(
@@ -1092,4 +1092,48 @@ async fn the_cli_takes_its_connection_from_the_environment() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("WRONG_ROLE"), "{stderr}");
+
+    // A client config file, paths relative to it (no SCHAKEL_SERVER either).
+    let config = certs.join("admin-client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let out = admin_cli_with_env(
+        "https://localhost:1".into(),
+        vec![("SCHAKEL_CLIENT_CONFIG", config.clone())],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // SCHAKEL_SERVER (set by the helper) wins over the file: port 1 refuses.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("connecting to https://localhost:1"),
+        "{stderr}"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
+            .args(["admin", "--client-config"])
+            .arg(&config)
+            .args(["suppliers", "list", "--json"])
+            .env_remove("SCHAKEL_SERVER")
+            .env_remove("SCHAKEL_CA")
+            .env_remove("SCHAKEL_CERT")
+            .env_remove("SCHAKEL_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(SUPPLIER_A), "{stdout}");
 }

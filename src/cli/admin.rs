@@ -142,8 +142,8 @@ pub enum CertCommand {
 
 /// Runs `schakel admin ...`.
 pub(super) async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    let files = args.connect.files("admin");
-    let channel = crate::client::connect(&args.connect.server, &files).await?;
+    let (server, files) = args.connect.resolve("admin")?;
+    let channel = crate::client::connect(&server, &files).await?;
     let mut client = AdminClient::new(channel);
     let json = args.json;
     match args.command {

@@ -94,12 +94,14 @@ pub enum CertsCommand {
     },
 }
 
-/// How a client reaches the gateway.
+/// How a client reaches the gateway. Each setting comes from its flag, else
+/// its environment variable, else the client config file (`--client-config`),
+/// else the development default.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Gateway address.
-    #[arg(long, default_value = "https://localhost:7443", env = "SCHAKEL_SERVER")]
-    pub server: String,
+    /// Gateway address [default: https://localhost:7443].
+    #[arg(long, env = "SCHAKEL_SERVER")]
+    pub server: Option<String>,
     /// CA bundle the gateway's certificate must chain to.
     #[arg(long, env = "SCHAKEL_CA")]
     pub ca: Option<PathBuf>,
@@ -109,23 +111,84 @@ pub struct ConnectArgs {
     /// Client key (PEM).
     #[arg(long, requires = "cert", env = "SCHAKEL_KEY")]
     pub key: Option<PathBuf>,
-    /// Name to verify in the gateway's certificate.
-    #[arg(long, default_value = "localhost", env = "SCHAKEL_DOMAIN")]
-    pub domain: String,
+    /// Name to verify in the gateway's certificate [default: localhost].
+    #[arg(long, env = "SCHAKEL_DOMAIN")]
+    pub domain: Option<String>,
+    /// TOML file with `server`, `ca`, `cert`, `key` and `domain` (paths relative
+    /// to the file); flags and environment variables win over it.
+    #[arg(long, env = "SCHAKEL_CLIENT_CONFIG")]
+    pub client_config: Option<PathBuf>,
+}
+
+/// The client config file (`--client-config`): every key optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    server: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    domain: Option<String>,
+}
+
+impl ClientConfig {
+    /// Reads `path`; relative paths in it are relative to its folder.
+    fn read(path: &std::path::Path) -> anyhow::Result<ClientConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the client config {}: {e}", path.display()))?;
+        let mut config: ClientConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("the client config {}: {e}", path.display()))?;
+        if config.cert.is_some() != config.key.is_some() {
+            anyhow::bail!(
+                "the client config {} names a cert without a key or a key without a cert",
+                path.display()
+            );
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new(""));
+        for p in [&mut config.ca, &mut config.cert, &mut config.key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(config)
+    }
 }
 
 impl ConnectArgs {
-    /// The files to use: the given ones, else the dev files of `dev_role`.
-    pub fn files(&self, dev_role: &str) -> ClientFiles {
+    /// The gateway address and the files to use: flags and environment, then
+    /// the client config file, then the development files of `dev_role`.
+    ///
+    /// # Errors
+    /// The client config file cannot be read or is not valid.
+    pub fn resolve(&self, dev_role: &str) -> anyhow::Result<(String, ClientFiles)> {
+        let file = match &self.client_config {
+            Some(path) => ClientConfig::read(path)?,
+            None => ClientConfig::default(),
+        };
         let dev = ClientFiles::dev(dev_role);
-        ClientFiles {
-            ca: self.ca.clone().unwrap_or(dev.ca),
-            identity: match (&self.cert, &self.key) {
-                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                _ => dev.identity,
-            },
-            domain: self.domain.clone(),
-        }
+        let identity = match (&self.cert, &self.key, file.cert, file.key) {
+            (Some(c), Some(k), _, _) => Some((c.clone(), k.clone())),
+            (_, _, Some(c), Some(k)) => Some((c, k)),
+            _ => dev.identity,
+        };
+        let files = ClientFiles {
+            ca: self.ca.clone().or(file.ca).unwrap_or(dev.ca),
+            identity,
+            domain: self
+                .domain
+                .clone()
+                .or(file.domain)
+                .unwrap_or_else(|| "localhost".into()),
+        };
+        let server = self
+            .server
+            .clone()
+            .or(file.server)
+            .unwrap_or_else(|| "https://localhost:7443".into());
+        Ok((server, files))
     }
 }
 

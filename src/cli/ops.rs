@@ -60,8 +60,8 @@ pub enum DeadLetterCommand {
 }
 
 pub(super) async fn ops(args: OpsArgs) -> anyhow::Result<ExitCode> {
-    let files = args.connect.files("admin");
-    let channel = crate::client::connect(&args.connect.server, &files).await?;
+    let (server, files) = args.connect.resolve("admin")?;
+    let channel = crate::client::connect(&server, &files).await?;
     let mut client = OperationsClient::new(channel);
     match args.command {
         OpsCommand::Deliveries { json } => {

@@ -171,8 +171,8 @@ pub(super) async fn pull(args: PullArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let files = args.connect.files("registry");
-    let channel = crate::client::connect(&args.connect.server, &files).await?;
+    let (server, files) = args.connect.resolve("registry")?;
+    let channel = crate::client::connect(&server, &files).await?;
     let mut client = RegistryClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(

@@ -188,10 +188,10 @@ async fn send_all(
 
 pub(super) async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let inputs = read_inputs(&args.files)?;
-    let files = args.connect.files("supplier-a");
+    let (server, files) = args.connect.resolve("supplier-a")?;
     // Lazy: a gateway that is not reachable yet answers UNAVAILABLE per batch,
     // which is retried like any other transient failure.
-    let channel = crate::client::endpoint(&args.connect.server, &files)?.connect_lazy();
+    let channel = crate::client::endpoint(&server, &files)?.connect_lazy();
     let client = IntakeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let created_at = crate::service::timestamp(std::time::SystemTime::now());
     let stop = Arc::new(AtomicBool::new(false));
