@@ -307,6 +307,7 @@ async fn serve_once(
         crls: config.tls.crls.clone(),
     };
     let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    monitor.watch_tls(acceptor.clone());
     let reloader = Reloader::new(files, acceptor.clone());
     let limits = &config.limits;
     let accept_limits = AcceptLimits {

@@ -652,3 +652,89 @@ async fn the_status_page_shows_deliveries_queue_rejects_and_certificates() {
     let (status, _) = server.http_get("/nothing").await;
     assert_eq!(status, 404);
 }
+
+/// Scrapes until `name{outcome}` reaches `at_least` (the handshake task counts
+/// right after the client has seen the outcome); its last value.
+async fn handshakes_reach(server: &TestServer, outcome: &str, at_least: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(server).await;
+        let value = metric(
+            &text,
+            "schakel_tls_handshakes_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(-1.0);
+        if value >= at_least || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn tls_handshake_outcomes_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start().await;
+    let first = scrape(&server).await;
+    for outcome in ["ok", "rejected", "failed", "timeout"] {
+        let v = metric(
+            &first,
+            "schakel_tls_handshakes_total",
+            &[("outcome", outcome)],
+        );
+        assert!(v.is_some(), "no {outcome} series:\n{first}");
+    }
+    let rejected_before = metric(
+        &first,
+        "schakel_tls_handshakes_total",
+        &[("outcome", "rejected")],
+    );
+    assert_eq!(rejected_before, Some(0.0));
+    let failed_before = metric(
+        &first,
+        "schakel_tls_handshakes_total",
+        &[("outcome", "failed")],
+    );
+    assert_eq!(failed_before, Some(0.0));
+
+    // A supplier's call: one handshake at least completes.
+    let mut intake = server.intake(SUPPLIER_A).await;
+    intake
+        .submit_batch(batch("hs", vec![record("hs-1")]))
+        .await
+        .unwrap();
+    assert!(handshakes_reach(&server, "ok", 1.0).await >= 1.0);
+
+    // No client certificate: rejected.
+    let mut anonymous = server.files(SUPPLIER_A);
+    anonymous.identity = None;
+    if let Ok(channel) = schakel::client::connect(&server.url(), &anonymous).await {
+        let refused = schakel::proto::intake_client::IntakeClient::new(channel)
+            .submit_batch(batch("hs", vec![record("hs-2")]))
+            .await
+            .expect_err("a call without a client certificate got through");
+        // The transport fails, as in tests/mtls.rs.
+        assert_eq!(refused.code(), Code::Unknown, "{refused:?}");
+    }
+    assert!(handshakes_reach(&server, "rejected", 1.0).await >= 1.0);
+
+    // Not TLS at all: failed.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
+    assert_eq!(handshakes_reach(&server, "failed", 1.0).await, 1.0);
+    let last = scrape(&server).await;
+    assert_eq!(
+        metric(
+            &last,
+            "schakel_tls_handshakes_total",
+            &[("outcome", "timeout")]
+        ),
+        Some(0.0)
+    );
+}

@@ -16,6 +16,7 @@ use prometheus::{
 
 use super::{OpsError, SupplierStatus};
 use crate::store::{Identity, QueueCounters, QueueStats};
+use crate::tls::HandshakeCounts;
 
 /// All metrics of one gateway.
 pub struct Metrics {
@@ -41,6 +42,7 @@ pub struct Metrics {
     supplier_overdue: IntGaugeVec,
     supplier_last_batch: GaugeVec,
     suppliers_overdue: IntGauge,
+    tls_handshakes: IntCounterVec,
 }
 
 /// What a scrape reads from the store.
@@ -52,6 +54,8 @@ pub struct Snapshot {
     pub suppliers: Vec<SupplierStatus>,
     /// `None` when sled could not measure.
     pub store_bytes: Option<u64>,
+    /// `None` when the gateway's TLS acceptor is not attached (a bare monitor).
+    pub handshakes: Option<HandshakeCounts>,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -169,6 +173,13 @@ impl Metrics {
         )?;
         registry.register(Box::new(supplier_last_batch.clone()))?;
         let suppliers_overdue = gauge("schakel_suppliers_overdue", "Number of overdue suppliers.")?;
+        let tls_handshakes = counter_vec(
+            "schakel_tls_handshakes_total",
+            "TLS handshakes on the gRPC port, by outcome: ok, rejected (client certificate \
+             missing, from an unknown CA, expired, not yet valid or in a CRL), failed (not TLS, \
+             an old version, a reset), timeout.",
+            &["outcome"],
+        )?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,
@@ -190,6 +201,7 @@ impl Metrics {
             supplier_overdue,
             supplier_last_batch,
             suppliers_overdue,
+            tls_handshakes,
         })
     }
 
@@ -250,6 +262,16 @@ impl Metrics {
         follow(&self.acked, snap.counters.acked);
         follow(&self.leases_expired, snap.counters.leases_expired);
         follow(&self.dead_lettered, snap.counters.dead_lettered);
+        if let Some(h) = snap.handshakes {
+            for (outcome, value) in [
+                ("ok", h.ok),
+                ("rejected", h.rejected),
+                ("failed", h.failed),
+                ("timeout", h.timed_out),
+            ] {
+                follow(&self.tls_handshakes.with_label_values(&[outcome]), value);
+            }
+        }
         self.queue_depth.set(clamp(snap.queue.depth));
         self.queue_leased.set(clamp(snap.queue.leased));
         self.oldest_age.set(
@@ -261,11 +283,7 @@ impl Metrics {
         self.dead_letters.set(clamp(snap.dead_letters));
         self.cert_not_after.reset();
         for identity in snap.identities.iter().filter(|i| i.revoked_at.is_none()) {
-            let role = match identity.role {
-                crate::store::Role::Supplier => "supplier",
-                crate::store::Role::Registry => "registry",
-                crate::store::Role::Admin => "admin",
-            };
+            let role = identity.role.as_str();
             self.cert_not_after
                 .with_label_values(&[
                     identity.fingerprint.as_str(),

@@ -83,6 +83,8 @@ struct MonitorInner {
     store: Store,
     metrics: Metrics,
     settings: OpsSettings,
+    /// The gateway's TLS acceptor, for its handshake counts; set once at start.
+    tls: std::sync::OnceLock<crate::tls::TlsAcceptorHandle>,
 }
 
 /// One supplier's delivery status.
@@ -165,8 +167,14 @@ impl Monitor {
                 store,
                 metrics: Metrics::new()?,
                 settings,
+                tls: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Shows the handshake outcomes of `acceptor` in the metrics (first call wins).
+    pub fn watch_tls(&self, acceptor: crate::tls::TlsAcceptorHandle) {
+        let _ = self.inner.tls.set(acceptor);
     }
 
     pub fn store(&self) -> &Store {
@@ -231,6 +239,11 @@ impl Monitor {
             identities: store.identities()?,
             suppliers: self.supplier_statuses(now)?,
             store_bytes: store.size_on_disk().ok(),
+            handshakes: self
+                .inner
+                .tls
+                .get()
+                .map(crate::tls::TlsAcceptorHandle::handshake_counts),
         };
         self.inner.metrics.render(&snap, now)
     }

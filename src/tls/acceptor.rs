@@ -2,8 +2,9 @@
 //!
 //! Owns: accepting TCP connections, running each TLS handshake in its own task under a
 //! timeout and a concurrency cap, limiting open connections, turning the verified client
-//! certificate into a [`PeerInfo`], and the reloadable handle to the current server config
-//! ([`TlsAcceptorHandle`]).
+//! certificate into a [`PeerInfo`], the reloadable handle to the current server config
+//! ([`TlsAcceptorHandle`]), and the counts of handshake outcomes ([`HandshakeCounts`]) that
+//! the metrics show.
 //!
 //! Must not: let a slow or failed handshake stall or end the loop; hand tonic a connection
 //! without a verified client certificate; decide what a peer may do (that is the server's
@@ -16,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,6 +45,30 @@ pub struct TlsAcceptorHandle {
     /// The config new handshakes start with. A std lock: held only to clone or replace the
     /// `Arc`, never across an `.await`.
     current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// Outcomes of the handshakes run with this handle, since it was made.
+    outcomes: Arc<HandshakeCounters>,
+}
+
+/// Handshake outcomes since the acceptor started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeCounts {
+    /// Completed with a verified client certificate.
+    pub ok: u64,
+    /// The client certificate (or its absence) was refused: no certificate, an
+    /// unknown CA, expired or not yet valid, listed in a CRL.
+    pub rejected: u64,
+    /// Failed otherwise: not TLS, an old protocol version, a reset.
+    pub failed: u64,
+    /// Not finished within the handshake timeout.
+    pub timed_out: u64,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeCounters {
+    ok: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
 }
 
 impl std::fmt::Debug for TlsAcceptorHandle {
@@ -56,6 +82,18 @@ impl TlsAcceptorHandle {
     pub fn new(config: Arc<ServerConfig>) -> Self {
         Self {
             current: Arc::new(RwLock::new(config)),
+            outcomes: Arc::default(),
+        }
+    }
+
+    /// Handshake outcomes so far (all clones share them).
+    pub fn handshake_counts(&self) -> HandshakeCounts {
+        let o = &self.outcomes;
+        HandshakeCounts {
+            ok: o.ok.load(Ordering::Relaxed),
+            rejected: o.rejected.load(Ordering::Relaxed),
+            failed: o.failed.load(Ordering::Relaxed),
+            timed_out: o.timed_out.load(Ordering::Relaxed),
         }
     }
 
@@ -276,11 +314,19 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
 
         let config = acceptor.current();
+        let outcomes = Arc::clone(&acceptor.outcomes);
         let timeout = limits.handshake_timeout;
         let tx = tx.clone();
         handshakes.spawn(async move {
             let result = tokio::time::timeout(timeout, handshake(config, tcp, remote_addr)).await;
             drop(hs_permit);
+            let counter = match &result {
+                Ok(Ok(_)) => &outcomes.ok,
+                Ok(Err(HandshakeError::Rejected(_))) => &outcomes.rejected,
+                Ok(Err(HandshakeError::Io(_))) => &outcomes.failed,
+                Err(_) => &outcomes.timed_out,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(Ok((stream, peer))) => {
                     tracing::debug!(

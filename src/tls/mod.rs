@@ -32,7 +32,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-pub use acceptor::{incoming, AcceptLimits, TlsAcceptorHandle, TlsConn};
+pub use acceptor::{incoming, AcceptLimits, HandshakeCounts, TlsAcceptorHandle, TlsConn};
 
 /// The ALPN protocol the gRPC port speaks.
 const ALPN_H2: &[u8] = b"h2";
