@@ -1137,3 +1137,70 @@ async fn the_cli_takes_its_connection_from_the_environment_or_a_client_config() 
     );
     assert!(stdout.contains(SUPPLIER_A), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_large_audit_answer_is_cut_to_the_newest_events_and_says_so() {
+    use schakel::store::{AuditEvent, Store, StoreOptions};
+
+    let mut server = TestServer::start().await;
+    server.stop().await;
+    {
+        // 40 events of 100 KB each: 4 MB, over what one answer may carry.
+        let store = Store::open(&server.config.data_dir, StoreOptions::default()).unwrap();
+        let start = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..40u64 {
+            store
+                .audit(AuditEvent {
+                    at: start + Duration::from_secs(i),
+                    actor_fingerprint: "e".repeat(64),
+                    actor: "bulk".into(),
+                    role: None,
+                    action: format!("bulk-{i:02}"),
+                    detail: "m".repeat(100_000),
+                    outcome: "ok".into(),
+                })
+                .unwrap();
+        }
+        store.sync().await.unwrap();
+    }
+    server.restart().await;
+    let mut admin = admin(&server).await;
+    let answer = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: "e".repeat(64),
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .expect("the answer fits a default client")
+        .into_inner();
+    assert!(answer.truncated);
+    let actions: Vec<&str> = answer.events.iter().map(|e| e.action.as_str()).collect();
+    // The newest that fit in 3 MiB (about 31 of 100 KB), in time order.
+    assert_eq!(actions.last(), Some(&"bulk-39"), "{actions:?}");
+    assert!((25..40).contains(&actions.len()), "{}", actions.len());
+    let expected: Vec<String> = (40 - actions.len()..40)
+        .map(|i| format!("bulk-{i:02}"))
+        .collect();
+    assert_eq!(actions, expected);
+    // A narrower query is whole and not truncated.
+    let small = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: "e".repeat(64),
+            limit: 3,
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.events.len(), 3);
+    assert!(small.truncated, "3 of 40: the count limit cut it");
+    let none_cut = admin
+        .query_audit(QueryAuditRequest {
+            actor_fingerprint: fingerprint_of(&server, ADMIN),
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!none_cut.truncated, "{none_cut:?}");
+}

@@ -169,7 +169,17 @@ pub(super) async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 actor_fingerprint: actor.unwrap_or_default(),
                 limit,
             };
-            let events = client.query_audit(request).await?.into_inner().events;
+            let answer = client.query_audit(request).await?.into_inner();
+            let events = answer.events;
+            if answer.truncated {
+                if let Some(first) = events.first() {
+                    eprintln!(
+                        "more events in the range: page back with --to {} (the first shown; \
+                         it is shown again) or narrow --from/--actor",
+                        first.at
+                    );
+                }
+            }
             if json {
                 return print_json(&events);
             }
@@ -181,7 +191,7 @@ pub(super) async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                         e.actor.clone(),
                         short(&e.actor_fingerprint),
                         e.action.clone(),
-                        e.detail.clone(),
+                        clip(&e.detail, AUDIT_DETAIL_CHARS),
                         e.outcome.clone(),
                     ]
                 })
@@ -399,6 +409,19 @@ fn relative_time(text: &str, ahead: bool) -> anyhow::Result<String> {
 fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Characters of an audit event's detail shown in the table (`--json` shows all).
+const AUDIT_DETAIL_CHARS: usize = 160;
+
+/// `text` cut to `max` characters, saying how much was left out.
+fn clip(text: &str, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head}... (+{} chars; --json shows all)", total - max)
 }
 
 fn short(fingerprint: &str) -> String {

@@ -209,6 +209,30 @@ fn supplier_info(s: &Supplier) -> SupplierInfo {
     }
 }
 
+/// Most bytes of audit entries in one QueryAudit answer: under the 4 MiB that
+/// gRPC clients accept by default (a batch's event lists all its message ids).
+const MAX_AUDIT_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
+/// The newest of `entries` (chronological) whose encoded size fits in `max`,
+/// still chronological, and whether any were cut. At least the newest one is
+/// kept, so paging always moves.
+fn newest_within(mut entries: Vec<AuditEntry>, max: usize) -> (Vec<AuditEntry>, bool) {
+    use prost::Message;
+    let mut total = 0usize;
+    let mut keep = 0usize;
+    for e in entries.iter().rev() {
+        // Field tag and length prefix of each repeated entry: a few bytes more.
+        total += e.encoded_len() + 8;
+        if total > max && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    let cut = keep < entries.len();
+    let newest = entries.split_off(entries.len() - keep);
+    (newest, cut)
+}
+
 /// "active", "retiring", "retired", "revoked" or "expired" at `now`.
 pub fn certificate_status(identity: &Identity, now: SystemTime) -> &'static str {
     if identity.revoked_at.is_some() {
@@ -575,24 +599,32 @@ impl Admin for AdminService {
                 to: parse_time("to", &req.to)?,
                 actor_fingerprint: (!req.actor_fingerprint.is_empty())
                     .then(|| req.actor_fingerprint.clone()),
-                limit: usize::try_from(req.limit).unwrap_or(usize::MAX).min(10_000),
+                limit: match usize::try_from(req.limit).unwrap_or(usize::MAX) {
+                    0 => 1_000,
+                    n => n.min(10_000),
+                },
             };
+            let limit = query.limit;
             let events = self
                 .blocking(move |store| Ok(store.audit_events(&query)?))
                 .await?;
+            let at_limit = events.len() >= limit;
+            let entries: Vec<AuditEntry> = events
+                .into_iter()
+                .map(|e| AuditEntry {
+                    at: timestamp(e.at),
+                    actor_fingerprint: e.actor_fingerprint,
+                    actor: e.actor,
+                    role: e.role.map(Role::as_str).unwrap_or_default().to_owned(),
+                    action: e.action,
+                    detail: e.detail,
+                    outcome: e.outcome,
+                })
+                .collect();
+            let (events, cut) = newest_within(entries, MAX_AUDIT_ANSWER_BYTES);
             Ok(QueryAuditResponse {
-                events: events
-                    .into_iter()
-                    .map(|e| AuditEntry {
-                        at: timestamp(e.at),
-                        actor_fingerprint: e.actor_fingerprint,
-                        actor: e.actor,
-                        role: e.role.map(Role::as_str).unwrap_or_default().to_owned(),
-                        action: e.action,
-                        detail: e.detail,
-                        outcome: e.outcome,
-                    })
-                    .collect(),
+                events,
+                truncated: cut || at_limit,
             })
         }
         .await;
@@ -642,6 +674,29 @@ mod tests {
             retire_at: None,
             revoked_at: None,
         }
+    }
+
+    #[test]
+    fn an_audit_answer_keeps_the_newest_events_that_fit() {
+        let entry = |n: usize| AuditEntry {
+            at: format!("t{n}"),
+            detail: "x".repeat(1000),
+            ..AuditEntry::default()
+        };
+        let all: Vec<AuditEntry> = (0..10).map(entry).collect();
+        let one = {
+            use prost::Message;
+            all[0].encoded_len() + 8
+        };
+        let (kept, cut) = newest_within(all.clone(), one * 3);
+        assert!(cut);
+        let at: Vec<&str> = kept.iter().map(|e| e.at.as_str()).collect();
+        assert_eq!(at, ["t7", "t8", "t9"]);
+        let (kept, cut) = newest_within(all.clone(), one * 10);
+        assert_eq!((kept.len(), cut), (10, false));
+        // One event larger than the cap still goes out alone.
+        let (kept, cut) = newest_within(all, 10);
+        assert_eq!((kept.len(), kept[0].at.as_str(), cut), (1, "t9", true));
     }
 
     #[test]
