@@ -635,6 +635,12 @@ async fn the_status_page_shows_deliveries_queue_rejects_and_certificates() {
     assert!(row(SUPPLIER_B).contains("overdue"), "{}", row(SUPPLIER_B));
     // Queue depth and the age of the oldest record.
     assert!(page.contains("Queue depth<b>1</b>"), "{page}");
+    assert!(
+        page.contains(
+            "id=\"tls-refused\">Certificates refused at TLS (since start)<b class=\"ok\">0</b>"
+        ),
+        "{page}"
+    );
     assert!(page.contains("id=\"oldest-age\""));
     // Rejects by code for today.
     assert!(page.contains("<code>BSN_CHECKSUM</code></td><td class=\"num\">2</td>"));
@@ -719,6 +725,14 @@ async fn tls_handshake_outcomes_are_counted() {
         assert_eq!(refused.code(), Code::Unknown, "{refused:?}");
     }
     assert!(handshakes_reach(&server, "rejected", 1.0).await >= 1.0);
+    let (status, page) = server.http_get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(
+            "id=\"tls-refused\">Certificates refused at TLS (since start)<b class=\"bad\">"
+        ),
+        "{page}"
+    );
 
     // Not TLS at all: failed.
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();

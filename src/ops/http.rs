@@ -82,6 +82,8 @@ struct PageData {
     oldest_received_at: Option<SystemTime>,
     dead_letters: u64,
     expiring: Vec<Identity>,
+    /// Handshakes refused for their client certificate since start.
+    tls_refused: Option<u64>,
 }
 
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
@@ -104,6 +106,7 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
         oldest_received_at: queue.oldest_received_at,
         dead_letters: store.dead_letter_count()?,
         expiring,
+        tls_refused: monitor.handshake_counts().map(|h| h.rejected),
     })
 }
 
@@ -182,7 +185,7 @@ fn render(d: &PageData) -> String {
          <div class=\"card\">Leased<b>{}</b></div>\
          <div class=\"card\" id=\"oldest-age\">Oldest record<b>{}</b></div>\
          <div class=\"card\" id=\"dead-letters\">Dead letters<b class=\"{}\">{}</b></div>\
-         <div class=\"card\">Overdue suppliers<b class=\"{}\">{}</b></div></div>",
+         <div class=\"card\">Overdue suppliers<b class=\"{}\">{}</b></div>",
         d.depth,
         d.leased,
         esc(&oldest),
@@ -191,6 +194,15 @@ fn render(d: &PageData) -> String {
         if overdue_count > 0 { "bad" } else { "ok" },
         overdue_count,
     );
+    if let Some(refused) = d.tls_refused {
+        let _ = write!(
+            h,
+            "<div class=\"card\" id=\"tls-refused\">Certificates refused at TLS (since start)\
+             <b class=\"{}\">{refused}</b></div>",
+            if refused > 0 { "bad" } else { "ok" },
+        );
+    }
+    h.push_str("</div>");
 
     // Suppliers.
     h.push_str(

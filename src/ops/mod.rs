@@ -172,9 +172,18 @@ impl Monitor {
         })
     }
 
-    /// Shows the handshake outcomes of `acceptor` in the metrics (first call wins).
+    /// Shows the handshake outcomes of `acceptor` in the metrics and on the
+    /// status page (first call wins).
     pub fn watch_tls(&self, acceptor: crate::tls::TlsAcceptorHandle) {
         let _ = self.inner.tls.set(acceptor);
+    }
+
+    /// The TLS handshake outcomes since start, when an acceptor is watched.
+    pub fn handshake_counts(&self) -> Option<crate::tls::HandshakeCounts> {
+        self.inner
+            .tls
+            .get()
+            .map(crate::tls::TlsAcceptorHandle::handshake_counts)
     }
 
     pub fn store(&self) -> &Store {
@@ -239,11 +248,7 @@ impl Monitor {
             identities: store.identities()?,
             suppliers: self.supplier_statuses(now)?,
             store_bytes: store.size_on_disk().ok(),
-            handshakes: self
-                .inner
-                .tls
-                .get()
-                .map(crate::tls::TlsAcceptorHandle::handshake_counts),
+            handshakes: self.handshake_counts(),
         };
         self.inner.metrics.render(&snap, now)
     }
