@@ -36,6 +36,30 @@ pub struct Config {
     pub store: StoreConfig,
     /// Operations: metrics and status page port, delivery monitoring, audit retention.
     pub ops: OpsConfig,
+    /// How refused calls are aggregated in the audit log.
+    pub audit: AuditConfig,
+}
+
+/// Audit of refused calls (see `crate::service::auth::RefusalAudit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The first refusal of a (certificate, code, service) in an interval of
+    /// this many milliseconds is written at once; the further ones are written
+    /// as one event with their count when the interval ends (60 s).
+    pub refusal_interval_ms: u64,
+    /// Distinct certificates counted per interval; refusals of further ones are
+    /// counted per (code, service) in one overflow event (1000).
+    pub refusal_max_keys: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            refusal_interval_ms: 60_000,
+            refusal_max_keys: 1_000,
+        }
+    }
 }
 
 /// Operations settings (see `crate::ops`).
@@ -242,6 +266,7 @@ impl Default for Config {
             ],
             store: StoreConfig::default(),
             ops: OpsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -447,6 +472,12 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
+        }
+        if self.audit.refusal_interval_ms == 0 {
+            problems.push("audit.refusal_interval_ms must be greater than 0".into());
+        }
+        if self.audit.refusal_max_keys == 0 {
+            problems.push("audit.refusal_max_keys must be greater than 0".into());
         }
         if problems.is_empty() {
             Ok(())
