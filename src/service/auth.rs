@@ -442,3 +442,108 @@ impl RefusalAudit {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuditQuery, StoreOptions};
+
+    fn peer(fingerprint: &str, port: u16) -> PeerInfo {
+        PeerInfo {
+            remote_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            fingerprint: fingerprint.to_owned(),
+            subject: "CN=test".into(),
+            not_after: SystemTime::now(),
+        }
+    }
+
+    /// (fingerprint, code, count) of every audit event, in order.
+    fn events(store: &Store) -> Vec<(String, String, u64)> {
+        store
+            .audit_events(&AuditQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let count = e
+                    .detail
+                    .rsplit_once("count=")
+                    .and_then(|(_, n)| n.parse().ok())
+                    .unwrap();
+                (e.actor_fingerprint, e.outcome, count)
+            })
+            .collect()
+    }
+
+    fn audit(max_keys: usize) -> (tempfile::TempDir, Store, RefusalAudit) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let settings = RefusalSettings {
+            interval: Duration::from_secs(3600),
+            max_keys,
+        };
+        let refusals = RefusalAudit::new(store.clone(), settings);
+        (dir, store, refusals)
+    }
+
+    #[test]
+    fn the_first_refusal_is_written_at_once_and_the_rest_counted_per_interval() {
+        let (_dir, store, refusals) = audit(10);
+        let code = "CERTIFICATE_REVOKED";
+        for port in 1..=5 {
+            refusals.record(&peer("aa", port), code, "Intake", "supplier");
+        }
+        // Another code of the same certificate is another key.
+        refusals.record(&peer("aa", 6), "WRONG_ROLE", "Admin", "admin");
+        assert_eq!(
+            events(&store),
+            [
+                ("aa".to_owned(), code.to_owned(), 1),
+                ("aa".to_owned(), "WRONG_ROLE".to_owned(), 1)
+            ]
+        );
+        assert_eq!(refusals.flush().unwrap(), 1);
+        // The counted event is dated at the last call it counts (before the
+        // WRONG_ROLE one), with that call's peer.
+        let after = events(&store);
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[1], ("aa".to_owned(), code.to_owned(), 4));
+        let written = store.audit_events(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            written[1].detail,
+            "service=Intake needs_role=supplier peer=127.0.0.1:5 count=4"
+        );
+        // A flush with nothing counted writes nothing; the next interval's
+        // first refusal is written at once again.
+        assert_eq!(refusals.flush().unwrap(), 0);
+        refusals.record(&peer("aa", 7), code, "Intake", "supplier");
+        assert_eq!(events(&store).len(), 4);
+        assert_eq!(events(&store)[3], ("aa".to_owned(), code.to_owned(), 1));
+    }
+
+    #[test]
+    fn certificates_past_the_cap_are_counted_in_one_overflow_event_per_code() {
+        let (_dir, store, refusals) = audit(2);
+        let code = "CERTIFICATE_NOT_REGISTERED";
+        for fp in ["a1", "a2", "a3", "a4", "a5"] {
+            for port in 0..3 {
+                refusals.record(&peer(fp, port), code, "Intake", "supplier");
+            }
+        }
+        // The two counted certificates stay counted after the cap is reached.
+        refusals.record(&peer("a1", 9), code, "Intake", "supplier");
+        refusals.flush().unwrap();
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        for (fp, _, count) in events(&store) {
+            *totals.entry(fp).or_default() += count;
+        }
+        let expected = [("*", 9), ("a1", 4), ("a2", 3)]
+            .map(|(fp, n)| (fp.to_owned(), n))
+            .into_iter()
+            .collect();
+        assert_eq!(totals, expected);
+        // First of each key at once, then one counted event per key.
+        assert_eq!(events(&store).len(), 6);
+        let window = refusals.window();
+        assert!(window.keys.is_empty() && window.certificates == 0);
+    }
+}
