@@ -460,8 +460,11 @@ async fn serve_once(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     ops_tasks.shutdown().await;
-    // The calls have drained: write the counts of the last interval.
-    refusal_flusher.abort();
+    // The calls have drained: write the counts of the last interval. The
+    // flusher has seen `stop` and ends after a flush it may be in.
+    if let Err(e) = refusal_flusher.await {
+        tracing::error!(error = %e, "the refusal flusher failed");
+    }
     if let Err(e) = refusals.flush_blocking().await {
         tracing::error!(error = %e, "flushing refused-call counts at shutdown");
     }
