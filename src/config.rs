@@ -518,6 +518,28 @@ mod tests {
     }
 
     #[test]
+    fn the_refusal_audit_interval_and_cap_are_set_in_audit() {
+        let config = Config::default();
+        assert_eq!(config.audit.refusal_interval_ms, 60_000);
+        assert_eq!(config.audit.refusal_max_keys, 1_000);
+        let mut set: Config =
+            toml::from_str("[audit]\nrefusal_interval_ms = 0\nrefusal_max_keys = 0").unwrap();
+        set.tls.cert = PathBuf::from("/nonexistent/server.pem");
+        let ConfigError::Invalid(problems) = set.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("audit.refusal_interval_ms must be greater than 0"),
+            "{all}"
+        );
+        assert!(
+            all.contains("audit.refusal_max_keys must be greater than 0"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("listn = \"127.0.0.1:1\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
