@@ -48,8 +48,9 @@ pub struct AuditConfig {
     /// this many milliseconds is written at once; the further ones are written
     /// as one event with their count when the interval ends (60 s).
     pub refusal_interval_ms: u64,
-    /// Distinct certificates counted per interval; refusals of further ones are
-    /// counted per (code, service) in one overflow event (1000).
+    /// Distinct (certificate, code, service) keys counted per interval;
+    /// refusals under further keys are counted per (code, service) in one
+    /// overflow event (1000).
     pub refusal_max_keys: usize,
 }
 

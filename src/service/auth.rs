@@ -19,8 +19,8 @@
 //! still add up to every refused call.
 //!
 //! Must not: log or audit request content, write more than one event per key
-//! and interval besides the first, hold more than `max_keys` certificates in
-//! memory. Called by tonic (the interceptor) and wired in `server::serve_once`,
+//! and interval besides the first, hold more than `max_keys` keys with a
+//! certificate in memory. Called by tonic (the interceptor) and wired in `server::serve_once`,
 //! which also runs the flusher and flushes at shutdown.
 
 use std::collections::HashMap;
@@ -185,8 +185,9 @@ impl Interceptor for Authorize {
 pub struct RefusalSettings {
     /// Length of one aggregation interval.
     pub interval: Duration,
-    /// Distinct certificates counted per interval; refusals of further
-    /// certificates are counted per (code, service) in overflow events.
+    /// Distinct (certificate, code, service) keys counted per interval;
+    /// refusals under further keys are counted per (code, service) in
+    /// overflow events.
     pub max_keys: usize,
 }
 
@@ -220,8 +221,8 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Window {
     keys: HashMap<RefusalKey, Pending>,
-    /// Keys with a fingerprint in `keys` (the overflow keys are not counted:
-    /// there are at most codes x services of them).
+    /// Keys with a fingerprint in `keys`, at most `max_keys` (the overflow
+    /// keys are not counted: there are at most codes x services of them).
     certificates: usize,
 }
 
@@ -352,7 +353,7 @@ impl RefusalAudit {
             None => (
                 OVERFLOW_FINGERPRINT.to_owned(),
                 format!(
-                    "(certificates past the {} counted per interval)",
+                    "(over the cap of {} keys per interval)",
                     self.inner.settings.max_keys
                 ),
                 None,
