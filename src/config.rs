@@ -36,6 +36,31 @@ pub struct Config {
     pub store: StoreConfig,
     /// Operations: metrics and status page port, delivery monitoring, audit retention.
     pub ops: OpsConfig,
+    /// How refused calls are aggregated in the audit log.
+    pub audit: AuditConfig,
+}
+
+/// Audit of refused calls (see `crate::service::auth::RefusalAudit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The first refusal of a (certificate, code, service) in an interval of
+    /// this many milliseconds is written at once; the further ones are written
+    /// as one event with their count when the interval ends (60 s).
+    pub refusal_interval_ms: u64,
+    /// Distinct (certificate, code, service) keys counted per interval;
+    /// refusals under further keys are counted per (code, service) in one
+    /// overflow event (1000).
+    pub refusal_max_keys: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            refusal_interval_ms: 60_000,
+            refusal_max_keys: 1_000,
+        }
+    }
 }
 
 /// Operations settings (see `crate::ops`).
@@ -242,6 +267,7 @@ impl Default for Config {
             ],
             store: StoreConfig::default(),
             ops: OpsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -448,6 +474,12 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
+        if self.audit.refusal_interval_ms == 0 {
+            problems.push("audit.refusal_interval_ms must be greater than 0".into());
+        }
+        if self.audit.refusal_max_keys == 0 {
+            problems.push("audit.refusal_max_keys must be greater than 0".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -484,6 +516,28 @@ mod tests {
         assert_eq!(moved.ops.overdue_after_secs, 26 * 3600);
         let err = toml::from_str::<Config>("[ops]\nhttp_listen = \"nine\"").unwrap_err();
         assert!(err.to_string().contains("not an address"), "{err}");
+    }
+
+    #[test]
+    fn the_refusal_audit_interval_and_cap_are_set_in_audit() {
+        let config = Config::default();
+        assert_eq!(config.audit.refusal_interval_ms, 60_000);
+        assert_eq!(config.audit.refusal_max_keys, 1_000);
+        let mut set: Config =
+            toml::from_str("[audit]\nrefusal_interval_ms = 0\nrefusal_max_keys = 0").unwrap();
+        set.tls.cert = PathBuf::from("/nonexistent/server.pem");
+        let ConfigError::Invalid(problems) = set.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("audit.refusal_interval_ms must be greater than 0"),
+            "{all}"
+        );
+        assert!(
+            all.contains("audit.refusal_max_keys must be greater than 0"),
+            "{all}"
+        );
     }
 
     #[test]

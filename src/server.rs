@@ -23,7 +23,7 @@ use crate::proto::operations_server::OperationsServer;
 use crate::proto::registry_server::RegistryServer;
 use crate::reload::Reloader;
 use crate::service::admin::AdminService;
-use crate::service::auth::Authorize;
+use crate::service::auth::{Access, Authorize, RefusalAudit, RefusalSettings};
 use crate::service::intake::IntakeService;
 use crate::service::limits::{Limiter, LimiterConfig};
 use crate::service::operations::OperationsService;
@@ -288,6 +288,21 @@ async fn store_failure(store: Store) -> StoreError {
     }
 }
 
+/// The refusal aggregation `config.audit` describes.
+fn refusal_settings(config: &Config) -> RefusalSettings {
+    RefusalSettings {
+        interval: Duration::from_millis(config.audit.refusal_interval_ms.max(1)),
+        max_keys: config.audit.refusal_max_keys,
+    }
+}
+
+/// The reflection builder with every descriptor set the gateway serves.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// One life of the gateway on one opened store.
 async fn serve_once(
     config: &Config,
@@ -338,8 +353,13 @@ async fn serve_once(
     )
     .max_decoding_message_size(max_bytes);
     let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
-    // Health and reflection need no role: the TLS handshake already demands a
-    // client certificate signed by our CA.
+    let refusals = RefusalAudit::new(store.clone(), refusal_settings(&config));
+    let refusal_flusher = refusals.spawn_flusher(stop_rx.clone());
+    let authorize =
+        |access, service| Authorize::new(store.clone(), access, service, refusals.clone());
+    // Health and reflection answer registered, active identities of any role
+    // (a certificate of our CA alone is not enough); load balancers and probes
+    // use `/healthz` on the operations HTTP port instead.
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<IntakeServer<IntakeService>>()
@@ -350,10 +370,15 @@ async fn serve_once(
     health_reporter
         .set_serving::<OperationsServer<OperationsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions, each listing both: grpcurl and the v1 clients
+    // ask grpc.reflection.v1, grpcio-reflection, grpc_cli and most GUIs v1alpha.
+    let reflection_v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(crate::ops::OpsError::from)?;
+    let reflection_v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(crate::ops::OpsError::from)?;
     let registry = RegistryServer::new(
         RegistryService::new(store.clone(), limits.clone()).with_limiter(limiter.clone()),
@@ -366,22 +391,32 @@ async fn serve_once(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(InterceptedService::new(
             intake,
-            Authorize::new(store.clone(), Role::Supplier, "Intake"),
+            authorize(Access::Role(Role::Supplier), "Intake"),
         ))
         .add_service(InterceptedService::new(
             registry,
-            Authorize::new(store.clone(), Role::Registry, "Registry"),
+            authorize(Access::Role(Role::Registry), "Registry"),
         ))
         .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(store.clone(), reloader)),
-            Authorize::new(store.clone(), Role::Admin, "Admin"),
+            authorize(Access::Role(Role::Admin), "Admin"),
         ))
         .add_service(InterceptedService::new(
             operations,
-            Authorize::new(store.clone(), Role::Admin, "Operations"),
+            authorize(Access::Role(Role::Admin), "Operations"),
         ))
-        .add_service(health)
-        .add_service(reflection);
+        .add_service(InterceptedService::new(
+            health,
+            authorize(Access::AnyRole, "Health"),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            authorize(Access::AnyRole, "Reflection"),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
+            authorize(Access::AnyRole, "Reflection"),
+        ));
     let mut ops_tasks = tokio::task::JoinSet::new();
     if let Some(http) = http {
         let (m, stop) = (monitor.clone(), stop_rx.clone());
@@ -425,6 +460,14 @@ async fn serve_once(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     ops_tasks.shutdown().await;
+    // The calls have drained: write the counts of the last interval. The
+    // flusher has seen `stop` and ends after a flush it may be in.
+    if let Err(e) = refusal_flusher.await {
+        tracing::error!(error = %e, "the refusal flusher failed");
+    }
+    if let Err(e) = refusals.flush_blocking().await {
+        tracing::error!(error = %e, "flushing refused-call counts at shutdown");
+    }
     if let Some(e) = failure {
         return Err(ServerError::StoreFailed(e));
     }

@@ -28,6 +28,7 @@ pub fn router(monitor: Monitor) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
         .route("/status", get(status_page))
+        .route("/healthz", get(healthz))
         .with_state(monitor)
 }
 
@@ -50,6 +51,18 @@ pub async fn serve(
         })
         .await
         .map_err(|source| OpsError::Http { addr, source })
+}
+
+/// `/healthz` for load balancers and probes, which hold no registered client
+/// certificate (gRPC health needs one): 200 while this gateway serves. The port
+/// is served only while the gRPC port is (it stops with it after a store
+/// failure), so a refused connection means "not serving".
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "SERVING\n",
+    )
+        .into_response()
 }
 
 fn failure(e: impl std::fmt::Display) -> Response {

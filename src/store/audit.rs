@@ -6,7 +6,10 @@
 //! Must not: store patient data (callers put ids and counts only in `detail`),
 //! rewrite events, delete any but those past retention (`purge_audit_before`), or wait for an fsync (events are made durable by
 //! the next group-commit round, periodic or requested). Called by the service
-//! layer after each request and by the admin commands (query).
+//! layer after each request and by the admin commands (query). Refused calls
+//! arrive aggregated (`service::auth::RefusalAudit`): an `access_refused`
+//! event stands for the `count=N` calls at the end of its detail, so a
+//! looping refused caller adds a bounded number of events, not one per call.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
