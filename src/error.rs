@@ -125,6 +125,7 @@ impl ServiceError {
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::Batch(problem) => problem.code.as_str(),
+            ServiceError::Store(StoreError::Failed(_)) => "STORE_FAILED",
             ServiceError::Store(e) if e.is_retryable() => "STORE_UNAVAILABLE",
             ServiceError::Store(_) => "STORE_FAILURE",
             ServiceError::NoPeerCertificate => "NO_CLIENT_CERTIFICATE",
@@ -180,7 +181,11 @@ impl From<ServiceError> for Status {
             ServiceError::Overloaded { retry_after, .. } => Some(retry_after.as_millis()),
             _ => None,
         };
-        if grpc == Code::Internal || grpc == Code::Unavailable {
+        if code == "STORE_FAILED" {
+            // The store logged why, once, when it failed; one line per refused
+            // call would bury that line.
+            tracing::debug!(error = %error, code, "request refused: the store has failed");
+        } else if grpc == Code::Internal || grpc == Code::Unavailable {
             tracing::error!(error = %error, code, "request failed");
         } else {
             tracing::debug!(error = %error, code, "request refused");

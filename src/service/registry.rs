@@ -1,7 +1,8 @@
 //! `schakel.v1.Registry`: the registry leases queued records (Pull), then
 //! acknowledges (Ack) or gives them back (Release). A thin adapter over the
-//! store's queue: it caps what the caller asks for and turns store types into
-//! wire types. Logs sequences and counts, never record content; every line of a
+//! store's queue: it caps what the caller asks for (records, and bytes: a Pull
+//! leases only what fits `limits.max_request_bytes`, the answer's encoding
+//! limit) and turns store types into wire types. Logs sequences and counts, never record content; every line of a
 //! call is in a span naming the call and the registry identity.
 
 use std::time::{Duration, SystemTime};
@@ -19,7 +20,7 @@ use crate::proto::{
 use crate::service::auth::Caller;
 use crate::service::limits::Limiter;
 use crate::service::timestamp;
-use crate::store::{self, AuditEvent, Store, TokenOutcome};
+use crate::store::{self, AuditEvent, PullBudget, Store, TokenOutcome};
 
 /// Most lease tokens in one Ack or Release.
 pub const MAX_TOKENS_PER_CALL: usize = 10_000;
@@ -107,6 +108,26 @@ fn summarize(results: &[TokenResult]) -> String {
     format!("{} sequences=[{}]", counts.join(" "), seqs.join(","))
 }
 
+/// What one delivered record costs in a `PullResponse` beyond its stored queue
+/// entry (which holds the supplier, message and batch ids and the encoded
+/// record): the fixed fields at their largest, a tag and a length of at most
+/// five bytes for each of the four variable fields, and the repeated field's
+/// own tag and length. An upper bound, so a budgeted answer always encodes
+/// within the limit.
+fn per_record_overhead() -> usize {
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799); // 9999-12-31
+    let fixed = DeliveredRecord {
+        sequence: u64::MAX,
+        delivery_attempt: u32::MAX,
+        lease_token: "f".repeat(40),
+        received_at: timestamp(far),
+        lease_expires_at: timestamp(far),
+        ..DeliveredRecord::default()
+    }
+    .encoded_len();
+    fixed + 4 * (1 + 5) + (1 + 5)
+}
+
 fn check_tokens(tokens: &[String]) -> Result<(), ServiceError> {
     if tokens.len() > MAX_TOKENS_PER_CALL {
         return Err(ServiceError::InvalidRequest {
@@ -135,9 +156,15 @@ impl RegistryService {
             0 => l.default_lease_ms,
             n => n.min(l.max_lease_ms),
         }));
+        // Lease only what the answer can carry: a record leased but not sent
+        // would count a delivery attempt and end in the dead letters.
+        let budget = PullBudget {
+            max_bytes: l.max_request_bytes,
+            per_record: per_record_overhead(),
+        };
         let deliveries = self
             .store
-            .pull(max, wait, lease)
+            .pull_within(max, budget, wait, lease)
             .await
             .map_err(ServiceError::from)?;
         let mut records = Vec::with_capacity(deliveries.len());
