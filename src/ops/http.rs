@@ -1,6 +1,7 @@
 //! The operations HTTP port (plain HTTP, loopback by default): `/metrics` in the
 //! Prometheus text format and a read-only, server-rendered status page at `/`
-//! (also `/status`): suppliers and their delivery status, the queue, today's
+//! (also `/status`): a failed store first (what failed, when, and that a
+//! restart recovers), suppliers and their delivery status, the queue, today's
 //! rejects by code, and certificates expiring within 30 days.
 //!
 //! Must not: accept writes, show record content or patient data (ids, counts,
@@ -84,6 +85,8 @@ struct PageData {
     expiring: Vec<Identity>,
     /// Handshakes refused for their client certificate since start.
     tls_refused: Option<u64>,
+    /// The store's first failed write or sync, once it has failed.
+    store_failure: Option<std::sync::Arc<crate::store::StoreFailure>>,
 }
 
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
@@ -107,6 +110,7 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
         dead_letters: store.dead_letter_count()?,
         expiring,
         tls_refused: monitor.handshake_counts().map(|h| h.rejected),
+        store_failure: store.failure(),
     })
 }
 
@@ -156,7 +160,7 @@ th{background:#eee}.num{text-align:right}\
 .cards{display:flex;flex-wrap:wrap;gap:.5rem}\
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem .75rem;min-width:8rem}\
 .card b{display:block;font-size:1.3rem}\
-.wrap{overflow-x:auto}";
+.wrap{overflow-x:auto}.alarm{background:#fde8eb;border:2px solid #b00020;border-radius:6px;padding:.5rem .75rem;margin:.75rem 0}";
 
 fn render(d: &PageData) -> String {
     let mut h = String::with_capacity(8 * 1024);
@@ -172,6 +176,19 @@ fn render(d: &PageData) -> String {
         esc(&crate::store::utc_date(d.now)),
         human(d.overdue_after),
     );
+
+    if let Some(f) = &d.store_failure {
+        let _ = write!(
+            h,
+            "<div class=\"alarm\" id=\"store-failed\"><b class=\"bad\">Store failed</b> at {}: \
+             {} failed ({}). Every submit, pull, ack and release is refused \
+             (UNAVAILABLE STORE_FAILED) and health says NOT_SERVING until the gateway \
+             is restarted; the restart recovers from what is on disk. Check the disk first.</div>",
+            esc(&timestamp(f.at)),
+            esc(&f.context),
+            esc(&f.error),
+        );
+    }
 
     // Queue.
     let oldest = d

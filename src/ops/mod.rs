@@ -242,6 +242,8 @@ impl Monitor {
         let now = SystemTime::now();
         let store = &self.inner.store;
         let snap = metrics::Snapshot {
+            store_failed: store.failure().is_some(),
+            sync_failures: store.sync_failures(),
             queue: store.queue_stats(),
             counters: store.queue_counters(),
             dead_letters: store.dead_letter_count()?,
