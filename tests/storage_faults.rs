@@ -306,6 +306,22 @@ async fn full_disk_fails_the_store_acknowledges_nothing_and_a_restart_recovers()
         "a retry once space returned",
     );
     wait_for_health(&server, "", ServingStatus::NotServing).await;
+    assert_store_failed(
+        server
+            .registry()
+            .await
+            .pull(pull_request(100, 0, 60_000))
+            .await,
+        "pull",
+    );
+    // sled refuses reads too after its write error: the metrics and the
+    // status page still say why.
+    let (code, text) = server.http_get("/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(1.0), "{text}");
+    let (code, page) = server.http_get("/").await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains(r#"id="store-failed""#), "{page}");
 
     // A restart recovers from what is on disk: the retry is answered, and
     // everything acknowledged is delivered exactly once.

@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use super::{Monitor, OpsError, SupplierStatus, CERT_WARNING_DAYS};
+use super::{read_or_empty, Monitor, OpsError, SupplierStatus, CERT_WARNING_DAYS};
 use crate::service::timestamp;
 use crate::store::Identity;
 
@@ -92,10 +92,11 @@ struct PageData {
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
     let now = SystemTime::now();
     let store = monitor.store();
+    let store_failure = store.failure();
+    let failed = store_failure.is_some();
     let queue = store.queue_stats();
     let horizon = now + Duration::from_secs(CERT_WARNING_DAYS * 86_400);
-    let mut expiring: Vec<Identity> = store
-        .identities()?
+    let mut expiring: Vec<Identity> = read_or_empty(store.identities(), failed)?
         .into_iter()
         .filter(|i| i.revoked_at.is_none() && i.not_after <= horizon)
         .collect();
@@ -103,14 +104,14 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
     Ok(PageData {
         now,
         overdue_after: monitor.settings().overdue_after,
-        suppliers: monitor.supplier_statuses(now)?,
+        suppliers: read_or_empty(monitor.supplier_statuses(now), failed)?,
         depth: queue.depth,
         leased: queue.leased,
         oldest_received_at: queue.oldest_received_at,
-        dead_letters: store.dead_letter_count()?,
+        dead_letters: read_or_empty(store.dead_letter_count(), failed)?,
         expiring,
         tls_refused: monitor.handshake_counts().map(|h| h.rejected),
-        store_failure: store.failure(),
+        store_failure,
     })
 }
 

@@ -263,3 +263,64 @@ impl Registry for RegistryService {
         self.serve_release(caller, request).instrument(span).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::*;
+
+    /// Issue 11 item 5: with a low `limits.max_request_bytes` a Pull leases
+    /// only what fits its answer. Before, every full page leased records (and
+    /// counted a delivery), then failed to encode, until the records ended in
+    /// the dead letters.
+    #[tokio::test]
+    async fn pull_leases_only_what_fits_the_answer() {
+        const LIMIT: usize = 16 * 1024;
+        let server = TestServer::start_with(|c| c.limits.max_request_bytes = LIMIT).await;
+        let mut intake = server.intake(SUPPLIER_A).await;
+        for b in 0..4 {
+            let records = (0..30).map(|i| record(&format!("m-{b}-{i:02}"))).collect();
+            intake
+                .submit_batch(batch(&format!("b{b}"), records))
+                .await
+                .expect("a batch within the limit");
+        }
+        let mut registry = server.registry().await;
+        let mut pages = 0;
+        let mut delivered = std::collections::HashSet::new();
+        loop {
+            let pulled = registry
+                .pull(pull_request(1000, 0, 60_000))
+                .await
+                .expect("every answer fits the limit")
+                .into_inner();
+            if pulled.records.is_empty() {
+                break;
+            }
+            pages += 1;
+            assert!(
+                prost::Message::encoded_len(&pulled) <= LIMIT,
+                "answer of {} bytes",
+                prost::Message::encoded_len(&pulled)
+            );
+            let tokens: Vec<String> = pulled.records.iter().map(|r| r.lease_token.clone()).collect();
+            for r in pulled.records {
+                assert_eq!(r.delivery_attempt, 1, "{}", r.message_id);
+                assert!(delivered.insert(r.message_id));
+            }
+            registry
+                .ack(crate::proto::AckRequest {
+                    lease_tokens: tokens,
+                })
+                .await
+                .expect("ack");
+        }
+        assert_eq!(delivered.len(), 120);
+        assert!(pages > 1, "the 120 records do not fit one answer");
+        let (_, metrics) = server.http_get("/metrics").await;
+        assert!(metrics.contains("\nschakel_dead_letters 0\n"), "{metrics}");
+        assert!(
+            metrics.contains("\nschakel_records_delivered_total 120\n"),
+            "{metrics}"
+        );
+    }
+}

@@ -478,7 +478,10 @@ impl Store {
             .inner
             .identities
             .get(fingerprint.as_bytes())
-            .map_err(|e| StoreError::sled(format!("reading identity {fingerprint}"), e))?
+            .map_err(|e| {
+                self.inner
+                    .read_failed(format!("reading identity {fingerprint}"), e)
+            })?
         else {
             return Ok(None);
         };
@@ -529,7 +532,7 @@ impl Store {
             .inner
             .suppliers
             .get(id.as_bytes())
-            .map_err(|e| StoreError::sled(format!("reading supplier {id}"), e))?
+            .map_err(|e| self.inner.read_failed(format!("reading supplier {id}"), e))?
         else {
             return Ok(None);
         };
@@ -617,6 +620,15 @@ impl Inner {
     /// half applied in sled's memory, and sled keeps an I/O error latched too).
     pub(crate) fn write_failed(&self, context: &str, e: sled::Error) -> StoreError {
         self.latch.trip(context, &e)
+    }
+
+    /// A sled read failed: once the store has failed (sled may then refuse
+    /// reads too) that is the answer, else the read error itself.
+    pub(crate) fn read_failed(&self, context: String, e: sled::Error) -> StoreError {
+        match self.latch.check() {
+            Err(failed) => failed,
+            Ok(()) => StoreError::sled(context, e),
+        }
     }
 
     /// Raises the durability watermark and wakes long-polls when it moved.
