@@ -209,3 +209,28 @@ pub fn error_code(status: &Status) -> Option<&str> {
         .get(ERROR_CODE_KEY)
         .and_then(|v| v.to_str().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_store_is_unavailable_store_failed_and_documented() {
+        let failure = std::sync::Arc::new(crate::store::StoreFailure {
+            at: std::time::SystemTime::now(),
+            context: "syncing the store to disk (group commit)".into(),
+            error: "Input/output error (os error 5)".into(),
+        });
+        let status = Status::from(ServiceError::Store(StoreError::Failed(failure)));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(error_code(&status), Some("STORE_FAILED"));
+        assert!(status.message().starts_with("STORE_FAILED: "), "{status:?}");
+        let doc = include_str!("../docs/error-codes.md");
+        for code in ["STORE_FAILED", "STORE_UNAVAILABLE", "STORE_FAILURE"] {
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "{code} missing from the docs"
+            );
+        }
+    }
+}

@@ -55,7 +55,11 @@ async fn wait_for_health(server: &TestServer, service: &str, want: ServingStatus
         false
     })
     .await;
-    assert_eq!(seen, Ok(true), "health of {service:?} never became {want:?}");
+    assert_eq!(
+        seen,
+        Ok(true),
+        "health of {service:?} never became {want:?}"
+    );
 }
 
 async fn check_health(server: &TestServer, service: &str) -> ServingStatus {
@@ -112,7 +116,9 @@ async fn drain(server: &TestServer) -> HashSet<String> {
 }
 
 fn records(prefix: &str, n: usize) -> Vec<schakel::proto::VaccinationRecord> {
-    (0..n).map(|i| record(&format!("{prefix}-{i:03}"))).collect()
+    (0..n)
+        .map(|i| record(&format!("{prefix}-{i:03}")))
+        .collect()
 }
 
 /// Issue 11 item 2, issue 17 item 3: one failing fdatasync fails the store
@@ -154,7 +160,11 @@ async fn a_failed_fdatasync_fails_the_store_until_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(leased.records.len(), 5);
-    let tokens: Vec<String> = leased.records.iter().map(|r| r.lease_token.clone()).collect();
+    let tokens: Vec<String> = leased
+        .records
+        .iter()
+        .map(|r| r.lease_token.clone())
+        .collect();
 
     faults.fail_next(1);
     let failed = batch("failed", records("failed", 20));

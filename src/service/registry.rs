@@ -302,7 +302,11 @@ mod tests {
                 "answer of {} bytes",
                 prost::Message::encoded_len(&pulled)
             );
-            let tokens: Vec<String> = pulled.records.iter().map(|r| r.lease_token.clone()).collect();
+            let tokens: Vec<String> = pulled
+                .records
+                .iter()
+                .map(|r| r.lease_token.clone())
+                .collect();
             for r in pulled.records {
                 assert_eq!(r.delivery_attempt, 1, "{}", r.message_id);
                 assert!(delivered.insert(r.message_id));

@@ -104,9 +104,9 @@ impl Inner {
             &dead_key(seq)[..],
             encode_dead(unix_ms(SystemTime::now()), attempts, value),
         );
-        self.records
-            .apply_batch(batch)
-            .map_err(|e| self.write_failed(&format!("moving record {seq} to the dead letters"), e))?;
+        self.records.apply_batch(batch).map_err(|e| {
+            self.write_failed(&format!("moving record {seq} to the dead letters"), e)
+        })?;
         q.drop_lease(seq);
         q.attempts.remove(&seq);
         q.counters.dead_lettered += 1;

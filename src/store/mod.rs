@@ -31,9 +31,9 @@ use tokio::sync::Notify;
 pub use audit::{AuditEvent, AuditQuery};
 pub use dead_letters::DeadLetter;
 pub use deliveries::{utc_date, BatchTally, DeliveryDay, SupplierDeliveries};
+pub use latch::StoreFailure;
 #[doc(hidden)]
 pub use latch::SyncFaults;
-pub use latch::StoreFailure;
 pub use queue::{
     Delivery, NewRecord, PullBudget, QueueCounters, QueueStats, SubmitOutcome, TokenOutcome,
     TokenResult,

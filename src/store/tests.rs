@@ -721,7 +721,10 @@ async fn attempt_key_only_from_second_delivery() {
 fn assert_failed<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
     match result {
         Err(StoreError::Failed(first)) => {
-            assert_eq!(first.context, "syncing the store to disk (group commit)", "{what}");
+            assert_eq!(
+                first.context, "syncing the store to disk (group commit)",
+                "{what}"
+            );
         }
         other => panic!("{what}: expected StoreError::Failed, got {other:?}"),
     }
@@ -761,7 +764,10 @@ async fn a_failed_sync_latches_the_store_until_reopen() {
     );
     for n in 0..5 {
         let more = vec![rec(&format!("c{n}"), "new")];
-        assert_failed(store.submit("sup-a", "batch-c", more).await, "a later batch");
+        assert_failed(
+            store.submit("sup-a", "batch-c", more).await,
+            "a later batch",
+        );
     }
     assert_failed(
         store
@@ -811,8 +817,7 @@ async fn a_failed_sync_latches_the_store_until_reopen() {
         }
         store.ack(&tokens).await.unwrap();
     }
-    let mut expected: std::collections::HashSet<String> =
-        (0..3).map(|i| format!("a{i}")).collect();
+    let mut expected: std::collections::HashSet<String> = (0..3).map(|i| format!("a{i}")).collect();
     expected.extend((0..20).map(|i| format!("b{i}")));
     assert_eq!(seen, expected);
 }
@@ -823,9 +828,10 @@ async fn a_failed_sync_latches_the_store_until_reopen() {
 async fn a_failed_write_latches_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let err = store
-        .inner
-        .write_failed("writing batch b of supplier s", sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+    let err = store.inner.write_failed(
+        "writing batch b of supplier s",
+        sled::Error::Io(std::io::Error::from_raw_os_error(28)),
+    );
     assert!(matches!(err, StoreError::Failed(_)), "{err:?}");
     match store.submit("sup-a", "b", vec![rec("m", "x")]).await {
         Err(StoreError::Failed(first)) => {
@@ -903,7 +909,11 @@ async fn pull_leases_only_what_fits_the_budget() {
 
     // A record larger than the whole budget is still handed out, alone.
     store
-        .submit("sup-a", "b", vec![rec("big", &"y".repeat(1000)), rec("small", "z")])
+        .submit(
+            "sup-a",
+            "b",
+            vec![rec("big", &"y".repeat(1000)), rec("small", "z")],
+        )
         .await
         .unwrap();
     let got = store.pull_within(10, budget, NOW, LEASE).await.unwrap();
