@@ -38,7 +38,11 @@ fn assert_store_failed(result: Result<impl std::fmt::Debug, tonic::Status>, what
 
 /// Waits (Health/Watch, bounded) until `service` reports `want`.
 async fn wait_for_health(server: &TestServer, service: &str, want: ServingStatus) {
-    let mut health = HealthClient::new(server.channel(REGISTRY).await);
+    watch_health(server.channel(REGISTRY).await, service, want).await;
+}
+
+async fn watch_health(channel: tonic::transport::Channel, service: &str, want: ServingStatus) {
+    let mut health = HealthClient::new(channel);
     let mut stream = health
         .watch(HealthCheckRequest {
             service: service.into(),
@@ -410,4 +414,47 @@ async fn a_store_in_use_by_another_gateway_is_a_clear_error() {
         .expect_err("the store is locked");
     let text = err.to_string();
     assert!(text.contains("opening store at"), "{text}");
+}
+
+/// The `schakel serve` test hook `SCHAKEL_TEST_FAIL_SYNC_AFTER` fails a sync
+/// of the real binary: the gateway stays up refusing writes, health is
+/// NOT_SERVING, the metric is 1, the log says why in exactly one ERROR line,
+/// and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn the_serve_test_hook_fails_a_sync_and_the_log_says_why_once() {
+    // At start 8 sync rounds register the 3 suppliers and 5 identities of the
+    // child's config; the next round (a submit's or the periodic check's) fails.
+    let gateway = process::ChildGateway::start(&[("SCHAKEL_TEST_FAIL_SYNC_AFTER", "8")]);
+    let channel = gateway.channel("supplier-a", Duration::from_secs(60)).await;
+    let mut intake = schakel::proto::intake_client::IntakeClient::new(channel.clone());
+    for n in 0..3 {
+        assert_store_failed(
+            intake
+                .submit_batch(batch(&format!("p{n}"), records(&format!("p{n}"), 5)))
+                .await,
+            "a batch",
+        );
+    }
+    watch_health(channel, "", ServingStatus::NotServing).await;
+    let text = process::http_get(gateway.http_addr, "/metrics").await;
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "schakel_store_sync_failures_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        gateway.terminate().success(),
+        "a failed gateway stops cleanly"
+    );
+    let log = std::fs::read_to_string(&gateway.log).expect("log");
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("store FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(failed[0].contains("ERROR"), "{}", failed[0]);
+    assert!(failed[0].contains("os error 5"), "{}", failed[0]);
+    assert!(
+        failed[0].contains("syncing the store to disk"),
+        "{}",
+        failed[0]
+    );
 }
