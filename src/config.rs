@@ -192,6 +192,11 @@ pub struct RulesConfig {
 pub struct StoreConfig {
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
+    /// Test hook, never read from a file: sync-fault injection handed to the
+    /// store (see `store::SyncFaults`).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub sync_faults: crate::store::SyncFaults,
 }
 
 /// A supplier registered at start.
@@ -306,7 +311,10 @@ impl Default for RulesConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_mb: 64 }
+        StoreConfig {
+            cache_mb: 64,
+            sync_faults: crate::store::SyncFaults::default(),
+        }
     }
 }
 

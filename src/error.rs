@@ -125,6 +125,7 @@ impl ServiceError {
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::Batch(problem) => problem.code.as_str(),
+            ServiceError::Store(StoreError::Failed(_)) => "STORE_FAILED",
             ServiceError::Store(e) if e.is_retryable() => "STORE_UNAVAILABLE",
             ServiceError::Store(_) => "STORE_FAILURE",
             ServiceError::NoPeerCertificate => "NO_CLIENT_CERTIFICATE",
@@ -180,7 +181,11 @@ impl From<ServiceError> for Status {
             ServiceError::Overloaded { retry_after, .. } => Some(retry_after.as_millis()),
             _ => None,
         };
-        if grpc == Code::Internal || grpc == Code::Unavailable {
+        if code == "STORE_FAILED" {
+            // The store logged why, once, when it failed; one line per refused
+            // call would bury that line.
+            tracing::debug!(error = %error, code, "request refused: the store has failed");
+        } else if grpc == Code::Internal || grpc == Code::Unavailable {
             tracing::error!(error = %error, code, "request failed");
         } else {
             tracing::debug!(error = %error, code, "request refused");
@@ -203,4 +208,29 @@ pub fn error_code(status: &Status) -> Option<&str> {
         .metadata()
         .get(ERROR_CODE_KEY)
         .and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_store_is_unavailable_store_failed_and_documented() {
+        let failure = std::sync::Arc::new(crate::store::StoreFailure {
+            at: std::time::SystemTime::now(),
+            context: "syncing the store to disk (group commit)".into(),
+            error: "Input/output error (os error 5)".into(),
+        });
+        let status = Status::from(ServiceError::Store(StoreError::Failed(failure)));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(error_code(&status), Some("STORE_FAILED"));
+        assert!(status.message().starts_with("STORE_FAILED: "), "{status:?}");
+        let doc = include_str!("../docs/error-codes.md");
+        for code in ["STORE_FAILED", "STORE_UNAVAILABLE", "STORE_FAILURE"] {
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "{code} missing from the docs"
+            );
+        }
+    }
 }

@@ -5,6 +5,12 @@
 //! `run` takes the listener and the shutdown future from its caller, so `main`
 //! binds the configured port and waits for SIGTERM/SIGINT, while a test binds
 //! 127.0.0.1:0 and stops the server with a oneshot.
+//!
+//! A store failure (a failed write or sync) is not recovered in-process: the
+//! store latches failed, health turns NOT_SERVING, and the gateway stays up
+//! refusing writes (UNAVAILABLE `STORE_FAILED`) while it serves health,
+//! metrics and the status page, so on-call sees why; a restart of the process
+//! recovers from what is on disk.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -53,9 +59,6 @@ pub enum ServerError {
         /// Why.
         source: TlsError,
     },
-    /// The store failed while serving (e.g. a full disk); `run` reopens it.
-    #[error("the store failed while serving: {0}")]
-    StoreFailed(StoreError),
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -90,6 +93,7 @@ pub fn open_store(config: &Config) -> Result<Store, StoreError> {
         cache_capacity_bytes: config.store.cache_mb * 1024 * 1024,
         max_deliveries: config.limits.max_deliveries,
         redelivery_backoff: Duration::from_millis(config.limits.redelivery_backoff_ms),
+        sync_faults: config.store.sync_faults.clone(),
         ..StoreOptions::default()
     };
     Store::open(&config.data_dir, options)
@@ -169,19 +173,19 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
 }
 
 /// How often a serving gateway checks that its store still writes (a flush and
-/// fsync): sled latches an I/O error such as a full disk, and only reopening
-/// the store clears it.
+/// fsync), so a failing disk latches the store failed (and health NOT_SERVING)
+/// even when no call writes.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then stops
 /// accepting, lets calls in flight finish within the grace period, and syncs the
 /// store.
 ///
-/// If the store fails while serving (a full disk: sled then refuses every
-/// write until it is reopened), the gateway stops serving, reopens the store
-/// with backoff until it works again, and serves again on the same address:
-/// it recovers by itself when space returns, and meanwhile clients get
-/// UNAVAILABLE or a refused connection, never an acknowledgement.
+/// If the store fails while serving (a failed write or sync, e.g. a full disk
+/// or a device error), it latches failed: submit, pull, ack, release and admin
+/// writes answer UNAVAILABLE `STORE_FAILED`, health says NOT_SERVING, and the
+/// gateway keeps serving health, metrics and the status page until it is
+/// restarted; the restart recovers from what is on disk.
 ///
 /// # Errors
 /// Invalid config, unusable TLS material, a store that cannot be opened at
@@ -218,72 +222,16 @@ pub async fn run_with_http(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let addr = listener.local_addr().ok();
-    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let mut listeners = Some((listener, http));
-    let mut backoff = Duration::from_millis(100);
-    let mut started = false;
-    loop {
-        let (current, current_http) = match listeners.take() {
-            Some(l) => l,
-            None => match rebind(addr, http_addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-binding after a store failure; retrying");
-                    if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            },
-        };
-        match serve_once(&config, current, current_http, shutdown_rx.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(ServerError::StoreFailed(e)) => {
-                started = true;
-                tracing::error!(error = %e, "the store stopped writing (disk full?): serving stopped; reopening it");
-            }
-            Err(ServerError::Store(e)) if started && e.is_retryable() => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "the store does not open yet");
-            }
-            Err(e) => return Err(e),
-        }
-        if wait_or_shutdown(backoff, shutdown_rx.clone()).await {
-            return Ok(());
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    serve_once(&config, listener, http, shutdown_rx).await
 }
 
-/// Binds the gRPC and HTTP addresses again after a store failure.
-async fn rebind(
-    addr: Option<std::net::SocketAddr>,
-    http_addr: Option<std::net::SocketAddr>,
-) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
-    let addr = addr.ok_or_else(|| std::io::Error::other("the gRPC address is unknown"))?;
-    let grpc = TcpListener::bind(addr).await?;
-    let http = match http_addr {
-        Some(a) => Some(TcpListener::bind(a).await?),
-        None => None,
-    };
-    Ok((grpc, http))
-}
-
-/// Sleeps `d`; true when shutdown came first.
-async fn wait_or_shutdown(d: Duration, mut shutdown: watch::Receiver<bool>) -> bool {
-    let stopped = tokio::select! {
-        () = tokio::time::sleep(d) => None,
-        _ = shutdown.wait_for(|stop| *stop) => Some(true),
-    };
-    stopped.unwrap_or_else(|| *shutdown.borrow())
-}
-
-/// Resolves with the error once the store no longer syncs.
-async fn store_failure(store: Store) -> StoreError {
+/// Syncs the store every [`STORE_CHECK_INTERVAL`] until a sync fails (which
+/// latches the store failed); returns then.
+async fn check_store(store: Store) {
     loop {
         tokio::time::sleep(STORE_CHECK_INTERVAL).await;
-        if let Err(e) = store.sync().await {
-            return e;
+        if store.sync().await.is_err() {
+            return;
         }
     }
 }
@@ -301,6 +249,24 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Once the store has failed, health answers NOT_SERVING for the whole server
+/// and for each service (a load balancer or liveness probe sees it).
+async fn not_serving_when_failed(store: Store, health: tonic_health::server::HealthReporter) {
+    store.failed().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<IntakeServer<IntakeService>>()
+        .await;
+    health
+        .set_not_serving::<RegistryServer<RegistryService>>()
+        .await;
+    health
+        .set_not_serving::<OperationsServer<OperationsService>>()
+        .await;
 }
 
 /// One life of the gateway on one opened store.
@@ -427,6 +393,11 @@ async fn serve_once(
         });
     }
     ops_tasks.spawn(monitor.clone().run_checks(stop_rx.clone()));
+    ops_tasks.spawn(check_store(store.clone()));
+    ops_tasks.spawn(not_serving_when_failed(
+        store.clone(),
+        health_reporter.clone(),
+    ));
 
     tracing::info!(addr = ?local, data_dir = %config.data_dir.display(), "serving gRPC over mutual TLS");
     let mut stopped = stop_rx;
@@ -435,16 +406,11 @@ async fn serve_once(
     });
     tokio::pin!(serve);
     let grace = Duration::from_secs(limits.shutdown_grace_secs);
-    let mut failure = None;
     tokio::select! {
         result = &mut serve => result?,
         () = async {
-            tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, draining calls");
-                }
-                e = store_failure(store.clone()) => failure = Some(e),
-            }
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, draining calls");
             let _ = stop_tx.send(true);
             tokio::time::sleep(grace).await;
         } => {
@@ -468,8 +434,14 @@ async fn serve_once(
     if let Err(e) = refusals.flush_blocking().await {
         tracing::error!(error = %e, "flushing refused-call counts at shutdown");
     }
-    if let Some(e) = failure {
-        return Err(ServerError::StoreFailed(e));
+    if let Some(failure) = store.failure() {
+        // Nothing more can be made durable; the next start recovers from
+        // what is on disk.
+        tracing::warn!(
+            first_failure = %failure,
+            "stopped with a failed store: nothing synced at shutdown; the next start recovers from disk"
+        );
+        return Ok(());
     }
     store.sync().await?;
     tracing::info!("stopped");

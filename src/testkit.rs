@@ -96,6 +96,10 @@ impl TestServer {
             identity(Role::Admin, ADMIN, false),
         ];
         config.limits.shutdown_grace_secs = 5;
+        // Never a fixed port, also for a test that passes this config to
+        // `server::run` (the defaults 7443/9464 may be taken on the machine).
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.ops.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         tweak(&mut config);
         let mut server = TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),

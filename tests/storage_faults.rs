@@ -1,16 +1,252 @@
-//! Storage faults: a full disk (the data folder on a small size-limited tmpfs;
-//! needs root for mount, as CI has), a corrupt store and a store in use. The
-//! gateway never acknowledges what it did not store and never starts on a
-//! silently empty store.
+//! Storage faults: a failing fdatasync (the store's fault-injection hook), a
+//! full disk (the data folder on a small size-limited tmpfs; needs root for
+//! mount, as CI has), a corrupt store and a store in use. The gateway never
+//! acknowledges what it did not store, stays failed after a failed write or
+//! sync until it is restarted, and never starts on a silently empty store.
 
 mod common;
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
-use schakel::proto::{AckRequest, RecordStatus};
+use schakel::proto::{AckRequest, ReleaseRequest};
+use schakel::store::SyncFaults;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The gRPC services whose health is reported, besides the whole server ("").
+const SERVICES: &[&str] = &[
+    "",
+    "schakel.v1.Intake",
+    "schakel.v1.Registry",
+    "schakel.v1.Operations",
+];
+
+fn assert_store_failed(result: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {
+    match result {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+            assert_eq!(code_of(&status), "STORE_FAILED", "{what}: {status:?}");
+        }
+        Ok(answer) => panic!("{what}: expected UNAVAILABLE STORE_FAILED, got {answer:?}"),
+    }
+}
+
+/// Waits (Health/Watch, bounded) until `service` reports `want`.
+async fn wait_for_health(server: &TestServer, service: &str, want: ServingStatus) {
+    watch_health(server.channel(REGISTRY).await, service, want).await;
+}
+
+async fn watch_health(channel: tonic::transport::Channel, service: &str, want: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(update) = stream.message().await.expect("health stream") {
+            if update.status == want as i32 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        seen,
+        Ok(true),
+        "health of {service:?} never became {want:?}"
+    );
+}
+
+async fn check_health(server: &TestServer, service: &str) -> ServingStatus {
+    let mut health = HealthClient::new(server.channel(REGISTRY).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).expect("a known status")
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Pulls and acks until the queue is empty; every message id once.
+async fn drain(server: &TestServer) -> HashSet<String> {
+    let mut registry = server.registry().await;
+    let mut delivered = HashSet::new();
+    loop {
+        let pulled = registry
+            .pull(pull_request(5000, 0, 60_000))
+            .await
+            .expect("pull")
+            .into_inner();
+        if pulled.records.is_empty() {
+            return delivered;
+        }
+        let tokens = pulled
+            .records
+            .iter()
+            .map(|r| r.lease_token.clone())
+            .collect();
+        for r in pulled.records {
+            assert!(delivered.insert(r.message_id), "delivered twice");
+        }
+        let acked = registry
+            .ack(AckRequest {
+                lease_tokens: tokens,
+            })
+            .await
+            .expect("ack")
+            .into_inner();
+        assert!(acked
+            .results
+            .iter()
+            .all(|r| r.outcome == schakel::proto::TokenOutcome::Acked as i32));
+    }
+}
+
+fn records(prefix: &str, n: usize) -> Vec<schakel::proto::VaccinationRecord> {
+    (0..n)
+        .map(|i| record(&format!("{prefix}-{i:03}")))
+        .collect()
+}
+
+/// Issue 11 item 2, issue 17 item 3: one failing fdatasync fails the store
+/// until a restart. That batch, the same batch again and five more batches
+/// are UNAVAILABLE `STORE_FAILED` (never DUPLICATE, never OK), Pull sees
+/// nothing of it, health is NOT_SERVING, the metric says 1; after a restart
+/// on the same data everything acknowledged is delivered exactly once.
+#[tokio::test]
+async fn a_failed_fdatasync_fails_the_store_until_a_restart() {
+    let faults = SyncFaults::default();
+    let mut server = TestServer::start_with(|c| c.store.sync_faults = faults.clone()).await;
+    let mut intake = server.intake(SUPPLIER_A).await;
+    let mut registry = server.registry().await;
+    for service in SERVICES {
+        assert_eq!(check_health(&server, service).await, ServingStatus::Serving);
+    }
+
+    // Before: one batch delivered and acked, one batch queued, one leased.
+    let receipt = intake
+        .submit_batch(batch("before-1", records("before-1", 20)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.accepted, 20);
+    assert_eq!(drain(&server).await.len(), 20);
+    let acknowledged: HashSet<String> = records("before-2", 20)
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    let receipt = intake
+        .submit_batch(batch("before-2", records("before-2", 20)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.accepted, 20);
+    let leased = registry
+        .pull(pull_request(5, 0, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leased.records.len(), 5);
+    let tokens: Vec<String> = leased
+        .records
+        .iter()
+        .map(|r| r.lease_token.clone())
+        .collect();
+
+    faults.fail_next(1);
+    let failed = batch("failed", records("failed", 20));
+    assert_store_failed(intake.submit_batch(failed.clone()).await, "the batch");
+    assert_store_failed(
+        intake.submit_batch(failed.clone()).await,
+        "the same batch again (not DUPLICATE)",
+    );
+    for n in 0..5 {
+        let next = batch(&format!("next-{n}"), records(&format!("next-{n}"), 20));
+        assert_store_failed(intake.submit_batch(next).await, "a later batch");
+    }
+    let mut other = server.intake(SUPPLIER_B).await;
+    assert_store_failed(
+        other.submit_batch(batch("b", records("b", 1))).await,
+        "another supplier",
+    );
+    assert_store_failed(
+        registry.pull(pull_request(100, 0, 60_000)).await,
+        "pull (sees nothing of it)",
+    );
+    assert_store_failed(
+        registry
+            .ack(AckRequest {
+                lease_tokens: tokens.clone(),
+            })
+            .await,
+        "ack",
+    );
+    assert_store_failed(
+        registry
+            .release(ReleaseRequest {
+                lease_tokens: tokens,
+            })
+            .await,
+        "release",
+    );
+    for service in SERVICES {
+        wait_for_health(&server, service, ServingStatus::NotServing).await;
+    }
+    let (code, text) = server.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "schakel_store_sync_failures_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let (code, page) = server.http_get("/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains(r#"id="store-failed""#), "{page}");
+    assert!(page.contains("os error 5"), "{page}");
+    // Load balancers without a certificate see it on the operations port.
+    assert_eq!(
+        server.http_get("/healthz").await,
+        (503, "NOT_SERVING\n".to_string())
+    );
+
+    // A restart on the same data recovers from what is on disk.
+    server.restart().await;
+    for service in SERVICES {
+        assert_eq!(check_health(&server, service).await, ServingStatus::Serving);
+    }
+    assert_eq!(
+        server.http_get("/healthz").await,
+        (200, "SERVING\n".to_string())
+    );
+    let (_, text) = server.http_get("/metrics").await;
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(0.0), "{text}");
+    let mut intake = server.intake(SUPPLIER_A).await;
+    let receipt = intake.submit_batch(failed).await.unwrap().into_inner();
+    // The injected fault failed the sync after sled wrote its log to the OS,
+    // so the batch may really be on disk: then it is DUPLICATE, else ACCEPTED.
+    assert_eq!(receipt.accepted + receipt.duplicate, 20, "{receipt:?}");
+    let mut expected = acknowledged;
+    expected.extend(records("failed", 20).into_iter().map(|r| r.message_id));
+    assert_eq!(drain(&server).await, expected);
+}
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -47,10 +283,10 @@ impl Drop for Tmpfs {
 }
 
 #[tokio::test]
-async fn full_disk_is_unavailable_acknowledges_nothing_and_recovers() {
+async fn full_disk_fails_the_store_acknowledges_nothing_and_a_restart_recovers() {
     let disk = Tmpfs::mount("6m");
     let data = disk.0.join("data");
-    let server = TestServer::start_with(|c| c.data_dir = data.clone()).await;
+    let mut server = TestServer::start_with(|c| c.data_dir = data.clone()).await;
     let mut intake = server.intake(SUPPLIER_A).await;
 
     // Fill the disk: every batch is either fully acknowledged or refused.
@@ -77,68 +313,51 @@ async fn full_disk_is_unavailable_acknowledges_nothing_and_recovers() {
     }
     let (full_at, status) = refused.expect("the 6 MiB disk filled up");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(code_of(&status), "STORE_UNAVAILABLE");
+    assert_eq!(code_of(&status), "STORE_FAILED");
     assert!(!acknowledged.is_empty());
 
-    // Space returns: the same batch is retried and the gateway recovers by
-    // itself (no restart). Records written before the failure come back
-    // DUPLICATE, the rest ACCEPTED; nothing is lost.
+    // Space returns, but the store stays failed (no in-process reopen): the
+    // retried batch is still refused and health says NOT_SERVING.
     disk.resize("256m");
     let retry: Vec<_> = (0..100)
         .map(|i| record(&format!("fill-{full_at:04}-{i:03}")))
         .collect();
-    let mut recovered = None;
-    for _ in 0..50 {
-        match intake
+    assert_store_failed(
+        intake
             .submit_batch(batch(&format!("fill-{full_at}"), retry.clone()))
+            .await,
+        "a retry once space returned",
+    );
+    wait_for_health(&server, "", ServingStatus::NotServing).await;
+    assert_store_failed(
+        server
+            .registry()
             .await
-        {
-            Ok(r) => {
-                recovered = Some(r.into_inner());
-                break;
-            }
-            Err(s) => {
-                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let receipt = recovered.expect("the gateway recovers when space returns");
-    assert_eq!(receipt.accepted + receipt.duplicate, 100, "{receipt:?}");
-    assert!(receipt
-        .results
-        .iter()
-        .all(|r| r.status == RecordStatus::Duplicate as i32));
-    acknowledged.extend(retry.into_iter().map(|r| r.message_id));
+            .pull(pull_request(100, 0, 60_000))
+            .await,
+        "pull",
+    );
+    // sled refuses reads too after its write error: the metrics and the
+    // status page still say why.
+    let (code, text) = server.http_get("/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(1.0), "{text}");
+    let (code, page) = server.http_get("/").await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains(r#"id="store-failed""#), "{page}");
 
-    // Everything acknowledged is delivered exactly once.
-    let mut registry = server.registry().await;
-    let mut delivered = HashSet::new();
-    loop {
-        let pulled = registry
-            .pull(pull_request(5000, 0, 60_000))
-            .await
-            .unwrap()
-            .into_inner();
-        if pulled.records.is_empty() {
-            break;
-        }
-        let tokens = pulled
-            .records
-            .iter()
-            .map(|r| r.lease_token.clone())
-            .collect();
-        for r in pulled.records {
-            assert!(delivered.insert(r.message_id), "delivered twice");
-        }
-        registry
-            .ack(AckRequest {
-                lease_tokens: tokens,
-            })
-            .await
-            .unwrap();
-    }
-    assert_eq!(delivered, acknowledged);
+    // A restart recovers from what is on disk: the retry is answered, and
+    // everything acknowledged is delivered exactly once.
+    server.restart().await;
+    let mut intake = server.intake(SUPPLIER_A).await;
+    let receipt = intake
+        .submit_batch(batch(&format!("fill-{full_at}"), retry.clone()))
+        .await
+        .expect("the restarted gateway stores the retry")
+        .into_inner();
+    assert_eq!(receipt.accepted + receipt.duplicate, 100, "{receipt:?}");
+    acknowledged.extend(retry.into_iter().map(|r| r.message_id));
+    assert_eq!(drain(&server).await, acknowledged);
 }
 
 async fn run_on(data: std::path::PathBuf) -> Result<(), schakel::server::ServerError> {
@@ -146,11 +365,15 @@ async fn run_on(data: std::path::PathBuf) -> Result<(), schakel::server::ServerE
     let template = TestServer::start().await;
     let mut config = template.config.clone();
     config.data_dir = data;
+    // Port 0 only: no test may depend on a fixed port (the default operations
+    // port 127.0.0.1:9464 may be taken by another gateway on the machine).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // Must fail before serving; the shutdown timer is a backstop only.
-    schakel::server::run(
+    schakel::server::run_with_http(
         config,
         listener,
+        Some(http),
         tokio::time::sleep(std::time::Duration::from_secs(10)),
     )
     .await
@@ -200,4 +423,47 @@ async fn a_store_in_use_by_another_gateway_is_a_clear_error() {
         .expect_err("the store is locked");
     let text = err.to_string();
     assert!(text.contains("opening store at"), "{text}");
+}
+
+/// The `schakel serve` test hook `SCHAKEL_TEST_FAIL_SYNC_AFTER` fails a sync
+/// of the real binary: the gateway stays up refusing writes, health is
+/// NOT_SERVING, the metric is 1, the log says why in exactly one ERROR line,
+/// and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn the_serve_test_hook_fails_a_sync_and_the_log_says_why_once() {
+    // At start 8 sync rounds register the 3 suppliers and 5 identities of the
+    // child's config; the next round (a submit's or the periodic check's) fails.
+    let gateway = process::ChildGateway::start(&[("SCHAKEL_TEST_FAIL_SYNC_AFTER", "8")]);
+    let channel = gateway.channel("supplier-a", Duration::from_secs(60)).await;
+    let mut intake = schakel::proto::intake_client::IntakeClient::new(channel.clone());
+    for n in 0..3 {
+        assert_store_failed(
+            intake
+                .submit_batch(batch(&format!("p{n}"), records(&format!("p{n}"), 5)))
+                .await,
+            "a batch",
+        );
+    }
+    watch_health(channel, "", ServingStatus::NotServing).await;
+    let text = process::http_get(gateway.http_addr, "/metrics").await;
+    assert_eq!(metric(&text, "schakel_store_failed"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "schakel_store_sync_failures_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        gateway.terminate().success(),
+        "a failed gateway stops cleanly"
+    );
+    let log = std::fs::read_to_string(&gateway.log).expect("log");
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("store FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(failed[0].contains("ERROR"), "{}", failed[0]);
+    assert!(failed[0].contains("os error 5"), "{}", failed[0]);
+    assert!(
+        failed[0].contains("syncing the store to disk"),
+        "{}",
+        failed[0]
+    );
 }

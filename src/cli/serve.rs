@@ -16,10 +16,32 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.validate()?;
+    arm_test_sync_faults(&config)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     crate::server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Test hook for process tests: `SCHAKEL_TEST_FAIL_SYNC_AFTER=N` makes the
+/// store's sync round after N good ones fail as a failing `fdatasync` would
+/// (EIO), so the store latches failed. Never set this in production.
+const TEST_FAIL_SYNC_AFTER: &str = "SCHAKEL_TEST_FAIL_SYNC_AFTER";
+
+fn arm_test_sync_faults(config: &Config) -> anyhow::Result<()> {
+    let Some(value) = std::env::var_os(TEST_FAIL_SYNC_AFTER) else {
+        return Ok(());
+    };
+    let pass: u64 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{TEST_FAIL_SYNC_AFTER} must be a whole number of syncs"))?;
+    tracing::warn!(
+        after = pass,
+        "TEST HOOK {TEST_FAIL_SYNC_AFTER} is set: a store sync will be made to fail"
+    );
+    config.store.sync_faults.fail_after(pass, 1);
     Ok(())
 }
 

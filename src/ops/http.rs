@@ -1,6 +1,7 @@
 //! The operations HTTP port (plain HTTP, loopback by default): `/metrics` in the
 //! Prometheus text format and a read-only, server-rendered status page at `/`
-//! (also `/status`): suppliers and their delivery status, the queue, today's
+//! (also `/status`): a failed store first (what failed, when, and that a
+//! restart recovers), suppliers and their delivery status, the queue, today's
 //! rejects by code, and certificates expiring within 30 days.
 //!
 //! Must not: accept writes, show record content or patient data (ids, counts,
@@ -18,7 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use super::{Monitor, OpsError, SupplierStatus, CERT_WARNING_DAYS};
+use super::{read_or_empty, Monitor, OpsError, SupplierStatus, CERT_WARNING_DAYS};
 use crate::service::timestamp;
 use crate::store::Identity;
 
@@ -54,13 +55,19 @@ pub async fn serve(
 }
 
 /// `/healthz` for load balancers and probes, which hold no registered client
-/// certificate (gRPC health needs one): 200 while this gateway serves. The port
-/// is served only while the gRPC port is (it stops with it after a store
-/// failure), so a refused connection means "not serving".
-async fn healthz() -> Response {
+/// certificate (gRPC health needs one): 200 `SERVING` while this gateway
+/// serves, 503 `NOT_SERVING` once its store has failed (the port stays up then,
+/// so the status page can say why).
+async fn healthz(State(monitor): State<Monitor>) -> Response {
+    let (status, body) = if monitor.store().failure().is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+    } else {
+        (StatusCode::OK, "SERVING\n")
+    };
     (
+        status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "SERVING\n",
+        body,
     )
         .into_response()
 }
@@ -97,15 +104,18 @@ struct PageData {
     expiring: Vec<Identity>,
     /// Handshakes refused for their client certificate since start.
     tls_refused: Option<u64>,
+    /// The store's first failed write or sync, once it has failed.
+    store_failure: Option<std::sync::Arc<crate::store::StoreFailure>>,
 }
 
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
     let now = SystemTime::now();
     let store = monitor.store();
+    let store_failure = store.failure();
+    let failed = store_failure.is_some();
     let queue = store.queue_stats();
     let horizon = now + Duration::from_secs(CERT_WARNING_DAYS * 86_400);
-    let mut expiring: Vec<Identity> = store
-        .identities()?
+    let mut expiring: Vec<Identity> = read_or_empty(store.identities(), failed)?
         .into_iter()
         .filter(|i| i.revoked_at.is_none() && i.not_after <= horizon)
         .collect();
@@ -113,13 +123,14 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
     Ok(PageData {
         now,
         overdue_after: monitor.settings().overdue_after,
-        suppliers: monitor.supplier_statuses(now)?,
+        suppliers: read_or_empty(monitor.supplier_statuses(now), failed)?,
         depth: queue.depth,
         leased: queue.leased,
         oldest_received_at: queue.oldest_received_at,
-        dead_letters: store.dead_letter_count()?,
+        dead_letters: read_or_empty(store.dead_letter_count(), failed)?,
         expiring,
         tls_refused: monitor.handshake_counts().map(|h| h.rejected),
+        store_failure,
     })
 }
 
@@ -169,7 +180,7 @@ th{background:#eee}.num{text-align:right}\
 .cards{display:flex;flex-wrap:wrap;gap:.5rem}\
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem .75rem;min-width:8rem}\
 .card b{display:block;font-size:1.3rem}\
-.wrap{overflow-x:auto}";
+.wrap{overflow-x:auto}.alarm{background:#fde8eb;border:2px solid #b00020;border-radius:6px;padding:.5rem .75rem;margin:.75rem 0}";
 
 fn render(d: &PageData) -> String {
     let mut h = String::with_capacity(8 * 1024);
@@ -185,6 +196,19 @@ fn render(d: &PageData) -> String {
         esc(&crate::store::utc_date(d.now)),
         human(d.overdue_after),
     );
+
+    if let Some(f) = &d.store_failure {
+        let _ = write!(
+            h,
+            "<div class=\"alarm\" id=\"store-failed\"><b class=\"bad\">Store failed</b> at {}: \
+             {} failed ({}). Every submit, pull, ack and release is refused \
+             (UNAVAILABLE STORE_FAILED) and health says NOT_SERVING until the gateway \
+             is restarted; the restart recovers from what is on disk. Check the disk first.</div>",
+            esc(&timestamp(f.at)),
+            esc(&f.context),
+            esc(&f.error),
+        );
+    }
 
     // Queue.
     let oldest = d

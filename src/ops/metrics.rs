@@ -43,6 +43,8 @@ pub struct Metrics {
     supplier_last_batch: GaugeVec,
     suppliers_overdue: IntGauge,
     tls_handshakes: IntCounterVec,
+    store_failed: IntGauge,
+    sync_failures: IntCounter,
 }
 
 /// What a scrape reads from the store.
@@ -56,6 +58,10 @@ pub struct Snapshot {
     pub store_bytes: Option<u64>,
     /// `None` when the gateway's TLS acceptor is not attached (a bare monitor).
     pub handshakes: Option<HandshakeCounts>,
+    /// The store latched failed after a failed write or sync.
+    pub store_failed: bool,
+    /// Failed sync rounds since the store was opened.
+    pub sync_failures: u64,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -180,6 +186,15 @@ impl Metrics {
              an old version, a reset), timeout.",
             &["outcome"],
         )?;
+        let store_failed = gauge(
+            "schakel_store_failed",
+            "1 when the store failed (a write or sync to disk failed): every write is \
+             refused until the gateway is restarted.",
+        )?;
+        let sync_failures = counter(
+            "schakel_store_sync_failures_total",
+            "Store sync rounds (flush and fsync) that failed.",
+        )?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,
@@ -202,6 +217,8 @@ impl Metrics {
             supplier_last_batch,
             suppliers_overdue,
             tls_handshakes,
+            store_failed,
+            sync_failures,
         })
     }
 
@@ -262,6 +279,8 @@ impl Metrics {
         follow(&self.acked, snap.counters.acked);
         follow(&self.leases_expired, snap.counters.leases_expired);
         follow(&self.dead_lettered, snap.counters.dead_lettered);
+        follow(&self.sync_failures, snap.sync_failures);
+        self.store_failed.set(i64::from(snap.store_failed));
         if let Some(h) = snap.handshakes {
             for (outcome, value) in [
                 ("ok", h.ok),

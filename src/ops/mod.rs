@@ -241,12 +241,15 @@ impl Monitor {
     pub fn render_metrics(&self) -> Result<String, OpsError> {
         let now = SystemTime::now();
         let store = &self.inner.store;
+        let failed = store.failure().is_some();
         let snap = metrics::Snapshot {
+            store_failed: failed,
+            sync_failures: store.sync_failures(),
             queue: store.queue_stats(),
             counters: store.queue_counters(),
-            dead_letters: store.dead_letter_count()?,
-            identities: store.identities()?,
-            suppliers: self.supplier_statuses(now)?,
+            dead_letters: read_or_empty(store.dead_letter_count(), failed)?,
+            identities: read_or_empty(store.identities(), failed)?,
+            suppliers: read_or_empty(self.supplier_statuses(now), failed)?,
             store_bytes: store.size_on_disk().ok(),
             handshakes: self.handshake_counts(),
         };
@@ -299,6 +302,22 @@ impl Monitor {
                 Err(e) => tracing::error!(error = %e, "operations check task"),
             }
         }
+    }
+}
+
+/// A store read for a page or scrape. Once the store has failed (sled may
+/// refuse reads after a write error) a failed read shows as empty, so the
+/// failure itself is still shown; before that it is an error.
+///
+/// # Errors
+/// The read failed and the store has not failed.
+pub(crate) fn read_or_empty<T: Default>(
+    read: Result<T, StoreError>,
+    store_failed: bool,
+) -> Result<T, StoreError> {
+    match read {
+        Err(_) if store_failed => Ok(T::default()),
+        other => other,
     }
 }
 

@@ -1,7 +1,8 @@
 //! `schakel.v1.Registry`: the registry leases queued records (Pull), then
 //! acknowledges (Ack) or gives them back (Release). A thin adapter over the
-//! store's queue: it caps what the caller asks for and turns store types into
-//! wire types. Logs sequences and counts, never record content; every line of a
+//! store's queue: it caps what the caller asks for (records, and bytes: a Pull
+//! leases only what fits `limits.max_request_bytes`, the answer's encoding
+//! limit) and turns store types into wire types. Logs sequences and counts, never record content; every line of a
 //! call is in a span naming the call and the registry identity.
 
 use std::time::{Duration, SystemTime};
@@ -19,7 +20,7 @@ use crate::proto::{
 use crate::service::auth::Caller;
 use crate::service::limits::Limiter;
 use crate::service::timestamp;
-use crate::store::{self, AuditEvent, Store, TokenOutcome};
+use crate::store::{self, AuditEvent, PullBudget, Store, TokenOutcome};
 
 /// Most lease tokens in one Ack or Release.
 pub const MAX_TOKENS_PER_CALL: usize = 10_000;
@@ -107,6 +108,26 @@ fn summarize(results: &[TokenResult]) -> String {
     format!("{} sequences=[{}]", counts.join(" "), seqs.join(","))
 }
 
+/// What one delivered record costs in a `PullResponse` beyond its stored queue
+/// entry (which holds the supplier, message and batch ids and the encoded
+/// record): the fixed fields at their largest, a tag and a length of at most
+/// five bytes for each of the four variable fields, and the repeated field's
+/// own tag and length. An upper bound, so a budgeted answer always encodes
+/// within the limit.
+fn per_record_overhead() -> usize {
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799); // 9999-12-31
+    let fixed = DeliveredRecord {
+        sequence: u64::MAX,
+        delivery_attempt: u32::MAX,
+        lease_token: "f".repeat(40),
+        received_at: timestamp(far),
+        lease_expires_at: timestamp(far),
+        ..DeliveredRecord::default()
+    }
+    .encoded_len();
+    fixed + 4 * (1 + 5) + (1 + 5)
+}
+
 fn check_tokens(tokens: &[String]) -> Result<(), ServiceError> {
     if tokens.len() > MAX_TOKENS_PER_CALL {
         return Err(ServiceError::InvalidRequest {
@@ -135,9 +156,15 @@ impl RegistryService {
             0 => l.default_lease_ms,
             n => n.min(l.max_lease_ms),
         }));
+        // Lease only what the answer can carry: a record leased but not sent
+        // would count a delivery attempt and end in the dead letters.
+        let budget = PullBudget {
+            max_bytes: l.max_request_bytes,
+            per_record: per_record_overhead(),
+        };
         let deliveries = self
             .store
-            .pull(max, wait, lease)
+            .pull_within(max, budget, wait, lease)
             .await
             .map_err(ServiceError::from)?;
         let mut records = Vec::with_capacity(deliveries.len());
@@ -234,5 +261,70 @@ impl Registry for RegistryService {
         let caller = Caller::of(&request)?;
         let span = call_span("release", &caller);
         self.serve_release(caller, request).instrument(span).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::*;
+
+    /// Issue 11 item 5: with a low `limits.max_request_bytes` a Pull leases
+    /// only what fits its answer. Before, every full page leased records (and
+    /// counted a delivery), then failed to encode, until the records ended in
+    /// the dead letters.
+    #[tokio::test]
+    async fn pull_leases_only_what_fits_the_answer() {
+        const LIMIT: usize = 16 * 1024;
+        let server = TestServer::start_with(|c| c.limits.max_request_bytes = LIMIT).await;
+        let mut intake = server.intake(SUPPLIER_A).await;
+        for b in 0..4 {
+            let records = (0..30).map(|i| record(&format!("m-{b}-{i:02}"))).collect();
+            intake
+                .submit_batch(batch(&format!("b{b}"), records))
+                .await
+                .expect("a batch within the limit");
+        }
+        let mut registry = server.registry().await;
+        let mut pages = 0;
+        let mut delivered = std::collections::HashSet::new();
+        loop {
+            let pulled = registry
+                .pull(pull_request(1000, 0, 60_000))
+                .await
+                .expect("every answer fits the limit")
+                .into_inner();
+            if pulled.records.is_empty() {
+                break;
+            }
+            pages += 1;
+            assert!(
+                prost::Message::encoded_len(&pulled) <= LIMIT,
+                "answer of {} bytes",
+                prost::Message::encoded_len(&pulled)
+            );
+            let tokens: Vec<String> = pulled
+                .records
+                .iter()
+                .map(|r| r.lease_token.clone())
+                .collect();
+            for r in pulled.records {
+                assert_eq!(r.delivery_attempt, 1, "{}", r.message_id);
+                assert!(delivered.insert(r.message_id));
+            }
+            registry
+                .ack(crate::proto::AckRequest {
+                    lease_tokens: tokens,
+                })
+                .await
+                .expect("ack");
+        }
+        assert_eq!(delivered.len(), 120);
+        assert!(pages > 1, "the 120 records do not fit one answer");
+        let (_, metrics) = server.http_get("/metrics").await;
+        assert!(metrics.contains("\nschakel_dead_letters 0\n"), "{metrics}");
+        assert!(
+            metrics.contains("\nschakel_records_delivered_total 120\n"),
+            "{metrics}"
+        );
     }
 }

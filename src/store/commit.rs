@@ -7,6 +7,12 @@
 //! Concurrent callers share one round: the thread drains every pending request,
 //! syncs once and answers them all.
 //!
+//! A failed round latches the store failed (`latch`): that round's callers and
+//! every later one get `StoreError::Failed`, and no further round is tried, so a
+//! sync that would "succeed" after Linux dropped the failed pages can never
+//! move the durable watermark past lost records. The fault point of
+//! [`super::SyncFaults`] sits where the data file's `fdatasync` is.
+//!
 //! Must not: interpret records, know about queue state, or log anything but
 //! counts and errors. Called by `Store` (submit, ack, put_identity, put_supplier,
 //! sync) and indirectly by everything that marks the store dirty (audit, pull).
@@ -23,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::latch::{Latch, SyncFaults};
 use super::{lock, StoreError};
 
 /// Context used for every group-commit failure message.
@@ -66,6 +73,8 @@ pub(crate) struct Committer {
     /// Set by unsynced writes (audit events, delivery attempts); the periodic
     /// round only syncs when something was written since the last round.
     dirty: Arc<AtomicBool>,
+    /// The store's failure latch: once set, no round is run.
+    latch: Arc<Latch>,
 }
 
 impl Committer {
@@ -77,6 +86,8 @@ impl Committer {
         db: sled::Db,
         path: &Path,
         flush_every: Option<Duration>,
+        latch: Arc<Latch>,
+        faults: SyncFaults,
     ) -> Result<Committer, StoreError> {
         let db_file = open_file(&path.join("db"))?;
         let conf_file = open_file(&path.join("conf"))?;
@@ -104,6 +115,8 @@ impl Committer {
             blobs,
             synced_blobs: HashSet::new(),
             dirty: Arc::clone(&dirty),
+            latch: Arc::clone(&latch),
+            faults,
         };
         let handle = std::thread::Builder::new()
             .name("schakel-commit".into())
@@ -116,6 +129,7 @@ impl Committer {
             tx,
             handle: Mutex::new(Some(handle)),
             dirty,
+            latch,
         })
     }
 
@@ -131,6 +145,7 @@ impl Committer {
     /// `StoreError::Io` when the flush or fsync failed (e.g. disk full),
     /// `StoreError::Closed` when the commit thread is gone.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        self.latch.check()?;
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(CommitMsg::Sync(Waiter::Async(tx)))
@@ -143,6 +158,7 @@ impl Committer {
     /// # Errors
     /// As [`Committer::sync`].
     pub(crate) fn sync_blocking(&self) -> Result<(), StoreError> {
+        self.latch.check()?;
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
             .send(CommitMsg::Sync(Waiter::Blocking(tx)))
@@ -171,6 +187,9 @@ struct Worker {
     /// without syncing them).
     synced_blobs: HashSet<OsString>,
     dirty: Arc<AtomicBool>,
+    latch: Arc<Latch>,
+    /// Test hook: fails the data file's fdatasync when armed.
+    faults: SyncFaults,
 }
 
 impl Worker {
@@ -188,11 +207,10 @@ impl Worker {
                 },
             };
             let Some(first) = first else {
-                // Periodic round: only when unsynced writes happened.
-                if self.dirty.load(Ordering::Acquire) {
-                    if let Err(e) = self.round() {
-                        tracing::warn!(error = %e, "periodic store sync failed");
-                    }
+                // Periodic round: only when unsynced writes happened, and never
+                // once the store has failed (a failed round latches it).
+                if self.dirty.load(Ordering::Acquire) && self.latch.check().is_ok() {
+                    let _ = self.round();
                 }
                 continue;
             };
@@ -207,16 +225,19 @@ impl Worker {
                 }
                 next = rx.try_recv().ok();
             }
-            let result = self.round();
+            // Once failed, nothing is synced again: a later round could
+            // "succeed" over pages the kernel dropped.
+            let result = self.latch.check().and_then(|()| self.round());
             if let Err(e) = &result {
-                tracing::warn!(error = %e, waiters = waiters.len(), "store sync round failed");
+                tracing::warn!(error = %e, waiters = waiters.len(), "store sync round refused");
             }
             for w in waiters {
                 w.answer(match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Io {
+                    Err(StoreError::Failed(first)) => Err(StoreError::Failed(Arc::clone(first))),
+                    Err(other) => Err(StoreError::Io {
                         context: SYNC_CONTEXT.into(),
-                        source: io::Error::new(e.kind(), e.to_string()),
+                        source: io::Error::other(other.to_string()),
                     }),
                 });
             }
@@ -226,14 +247,18 @@ impl Worker {
         }
     }
 
-    /// One round: flush sled's log to the OS, then fsync the data files.
-    fn round(&mut self) -> io::Result<()> {
+    /// One round: flush sled's log to the OS, then fsync the data files. A
+    /// failure latches the store failed.
+    fn round(&mut self) -> Result<(), StoreError> {
         self.dirty.store(false, Ordering::Release);
         let result = self.round_inner();
-        if result.is_err() {
-            self.dirty.store(true, Ordering::Release);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.dirty.store(true, Ordering::Release);
+                Err(self.latch.sync_failed(SYNC_CONTEXT, &e))
+            }
         }
-        result
     }
 
     fn round_inner(&mut self) -> io::Result<()> {
@@ -242,6 +267,11 @@ impl Worker {
             other => io::Error::other(other.to_string()),
         })?;
         self.sync_blobs()?;
+        if self.faults.take() {
+            // Fault injection (test hook): the data file's fdatasync fails as
+            // Linux reports a write-back error. 5 is EIO on Linux.
+            return Err(io::Error::from_raw_os_error(5));
+        }
         self.db_file.sync_data()?;
         self.conf_file.sync_data()?;
         Ok(())

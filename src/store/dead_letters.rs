@@ -104,9 +104,9 @@ impl Inner {
             &dead_key(seq)[..],
             encode_dead(unix_ms(SystemTime::now()), attempts, value),
         );
-        self.records
-            .apply_batch(batch)
-            .map_err(|e| StoreError::sled(format!("moving record {seq} to the dead letters"), e))?;
+        self.records.apply_batch(batch).map_err(|e| {
+            self.write_failed(&format!("moving record {seq} to the dead letters"), e)
+        })?;
         q.drop_lease(seq);
         q.attempts.remove(&seq);
         q.counters.dead_lettered += 1;
@@ -130,6 +130,7 @@ impl Inner {
     /// Puts dead letter `seq` back into the queue (same sequence, attempts reset).
     /// `false` when there is no such dead letter.
     fn requeue_blocking(&self, seq: u64) -> Result<bool, StoreError> {
+        self.latch.check()?;
         let mut q = lock(&self.queue);
         let Some(value) = self
             .records
@@ -145,7 +146,7 @@ impl Inner {
         batch.insert(&queue_key(seq)[..], entry);
         self.records
             .apply_batch(batch)
-            .map_err(|e| StoreError::sled(format!("requeueing dead letter {seq}"), e))?;
+            .map_err(|e| self.write_failed(&format!("requeueing dead letter {seq}"), e))?;
         q.drop_lease(seq);
         q.attempts.remove(&seq);
         self.depth.fetch_add(1, Ordering::AcqRel);
@@ -153,10 +154,11 @@ impl Inner {
     }
 
     fn discard_blocking(&self, seq: u64) -> Result<bool, StoreError> {
+        self.latch.check()?;
         let removed = self
             .records
             .remove(dead_key(seq))
-            .map_err(|e| StoreError::sled(format!("discarding dead letter {seq}"), e))?;
+            .map_err(|e| self.write_failed(&format!("discarding dead letter {seq}"), e))?;
         Ok(removed.is_some())
     }
 }

@@ -114,6 +114,7 @@ impl Store {
         tally: &BatchTally,
     ) -> Result<SupplierDeliveries, StoreError> {
         validate_supplier_id(supplier_id)?;
+        self.inner.latch.check()?;
         let tree = self.deliveries_tree()?;
         let mut encode_error = None;
         let mut result = SupplierDeliveries::default();
@@ -135,7 +136,10 @@ impl Store {
                 }
             }
         })
-        .map_err(|e| StoreError::sled(format!("recording a delivery of {supplier_id}"), e))?;
+        .map_err(|e| {
+            self.inner
+                .write_failed(&format!("recording a delivery of {supplier_id}"), e)
+        })?;
         if let Some(e) = encode_error {
             return Err(e);
         }

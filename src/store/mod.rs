@@ -2,7 +2,9 @@
 //! the error type, identities (client certificates) and suppliers.
 //!
 //! Submodules: `queue` (dedup, enqueue, leases, pull/ack/release), `commit`
-//! (group commit: the only place that fsyncs), `audit` (append-only log).
+//! (group commit: the only place that fsyncs), `latch` (after a failed write
+//! or sync the store stays failed until the process restarts), `audit`
+//! (append-only log).
 //!
 //! Must not: know tonic or prost types (records are opaque bytes), log or put
 //! record content into errors, panic on bad data on disk. Called by the service
@@ -13,6 +15,7 @@ mod audit;
 mod commit;
 mod dead_letters;
 mod deliveries;
+mod latch;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -28,11 +31,16 @@ use tokio::sync::Notify;
 pub use audit::{AuditEvent, AuditQuery};
 pub use dead_letters::DeadLetter;
 pub use deliveries::{utc_date, BatchTally, DeliveryDay, SupplierDeliveries};
+pub use latch::StoreFailure;
+#[doc(hidden)]
+pub use latch::SyncFaults;
 pub use queue::{
-    Delivery, NewRecord, QueueCounters, QueueStats, SubmitOutcome, TokenOutcome, TokenResult,
+    Delivery, NewRecord, PullBudget, QueueCounters, QueueStats, SubmitOutcome, TokenOutcome,
+    TokenResult,
 };
 
 use commit::Committer;
+use latch::Latch;
 use queue::QueueState;
 
 /// Key in the default tree holding the on-disk format version.
@@ -93,6 +101,15 @@ pub enum StoreError {
     /// The store is shutting down (commit thread gone or runtime shutting down).
     #[error("store is closed")]
     Closed,
+    /// A write or sync failed earlier: the store refuses every write until the
+    /// process restarts and recovers from what is on disk.
+    #[error(
+        "the store failed at {at} and refuses writes until the gateway is restarted \
+         (first failure: {first})",
+        at = humantime::format_rfc3339_seconds(.0.at),
+        first = .0
+    )]
+    Failed(Arc<StoreFailure>),
 }
 
 impl StoreError {
@@ -104,7 +121,7 @@ impl StoreError {
             StoreError::Open { source, .. } | StoreError::Sled { source, .. } => {
                 matches!(source, sled::Error::Io(_))
             }
-            StoreError::Io { .. } | StoreError::Closed => true,
+            StoreError::Io { .. } | StoreError::Closed | StoreError::Failed(_) => true,
             StoreError::Corrupt { .. } | StoreError::Invalid(_) => false,
         }
     }
@@ -161,6 +178,9 @@ pub struct StoreOptions {
     /// Backoff before the second redelivery of an expired record, doubling per
     /// further attempt (default 1 s; the first redelivery is immediate).
     pub redelivery_backoff: Duration,
+    /// Test hook: fault injection for the sync rounds (disarmed by default).
+    #[doc(hidden)]
+    pub sync_faults: SyncFaults,
 }
 
 impl Default for StoreOptions {
@@ -170,6 +190,7 @@ impl Default for StoreOptions {
             flush_every_ms: Some(1000),
             max_deliveries: 10,
             redelivery_backoff: Duration::from_secs(1),
+            sync_faults: SyncFaults::default(),
         }
     }
 }
@@ -289,6 +310,13 @@ pub(crate) struct Inner {
     /// Wakes long-polling `pull`s: notified after a submit's sync round made new
     /// records visible, and on release.
     notify: Notify,
+    /// Set for good by the first failed write or sync.
+    latch: Arc<Latch>,
+    /// Test hook armed through `StoreOptions::sync_faults`.
+    faults: SyncFaults,
+    /// Test hook (unit tests only): the next N queue lookups of ack/release fail.
+    #[cfg(test)]
+    read_faults: std::sync::atomic::AtomicU32,
     /// Group commit (fsync) thread.
     commit: Committer,
 }
@@ -373,7 +401,14 @@ impl Store {
         }
 
         let flush_every = options.flush_every_ms.map(Duration::from_millis);
-        let commit = Committer::start(db.clone(), path, flush_every)?;
+        let latch = Arc::new(Latch::new());
+        let commit = Committer::start(
+            db.clone(),
+            path,
+            flush_every,
+            Arc::clone(&latch),
+            options.sync_faults.clone(),
+        )?;
         tracing::info!(
             path = %path.display(),
             depth = loaded.depth,
@@ -398,6 +433,10 @@ impl Store {
                 options.redelivery_backoff,
             )),
             notify: Notify::new(),
+            latch,
+            faults: options.sync_faults,
+            #[cfg(test)]
+            read_faults: std::sync::atomic::AtomicU32::new(0),
             commit,
         };
         Ok(Store {
@@ -417,12 +456,14 @@ impl Store {
                 "identity fingerprint must be 64 lowercase hex characters".into(),
             ));
         }
+        self.inner.latch.check()?;
         let value = encode_json(identity, "identity")?;
         self.inner
             .identities
             .insert(identity.fingerprint.as_bytes(), value)
             .map_err(|e| {
-                StoreError::sled(format!("writing identity {}", identity.fingerprint), e)
+                self.inner
+                    .write_failed(&format!("writing identity {}", identity.fingerprint), e)
             })?;
         self.inner.commit.sync_blocking()
     }
@@ -437,7 +478,10 @@ impl Store {
             .inner
             .identities
             .get(fingerprint.as_bytes())
-            .map_err(|e| StoreError::sled(format!("reading identity {fingerprint}"), e))?
+            .map_err(|e| {
+                self.inner
+                    .read_failed(format!("reading identity {fingerprint}"), e)
+            })?
         else {
             return Ok(None);
         };
@@ -467,11 +511,15 @@ impl Store {
     /// writing or syncing fails; `Closed` at shutdown.
     pub fn put_supplier(&self, supplier: &Supplier) -> Result<(), StoreError> {
         validate_supplier_id(&supplier.id)?;
+        self.inner.latch.check()?;
         let value = encode_json(supplier, "supplier")?;
         self.inner
             .suppliers
             .insert(supplier.id.as_bytes(), value)
-            .map_err(|e| StoreError::sled(format!("writing supplier {}", supplier.id), e))?;
+            .map_err(|e| {
+                self.inner
+                    .write_failed(&format!("writing supplier {}", supplier.id), e)
+            })?;
         self.inner.commit.sync_blocking()
     }
 
@@ -484,7 +532,7 @@ impl Store {
             .inner
             .suppliers
             .get(id.as_bytes())
-            .map_err(|e| StoreError::sled(format!("reading supplier {id}"), e))?
+            .map_err(|e| self.inner.read_failed(format!("reading supplier {id}"), e))?
         else {
             return Ok(None);
         };
@@ -517,11 +565,41 @@ impl Store {
             .map_err(|e| StoreError::sled(format!("measuring {}", self.inner.path.display()), e))
     }
 
+    /// The first failed write or sync, once the store has failed: from then on
+    /// every write answers `StoreError::Failed` until the process restarts.
+    pub fn failure(&self) -> Option<Arc<StoreFailure>> {
+        self.inner.latch.failure()
+    }
+
+    /// Sync rounds that failed since open (at most one: the first latches).
+    pub fn sync_failures(&self) -> u64 {
+        self.inner.latch.sync_failures()
+    }
+
+    /// Resolves once the store has failed (health and metrics watch this).
+    pub async fn failed(&self) {
+        self.inner.latch.failed().await;
+    }
+
+    /// Test hook: the sync-fault injection point of this store.
+    #[doc(hidden)]
+    pub fn sync_faults(&self) -> &SyncFaults {
+        &self.inner.faults
+    }
+
+    /// Test hook (unit tests): the next `n` queue lookups of ack and release fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_reads(&self, n: u32) {
+        self.inner.read_faults.store(n, Ordering::Release);
+    }
+
     /// Makes everything written so far durable (used at shutdown).
     ///
     /// # Errors
-    /// `Io` when the flush or fsync fails, `Closed` when the commit thread is gone.
+    /// `Io` when the flush or fsync fails, `Closed` when the commit thread is
+    /// gone, `Failed` once the store has failed.
     pub async fn sync(&self) -> Result<(), StoreError> {
+        self.inner.latch.check()?;
         // Every sequence up to `covered` is applied once the write lock is free
         // (ids are generated and applied under it); the round then covers them.
         let inner = Arc::clone(&self.inner);
@@ -538,6 +616,21 @@ impl Store {
 }
 
 impl Inner {
+    /// A sled write failed: the store is failed from now on (the write may be
+    /// half applied in sled's memory, and sled keeps an I/O error latched too).
+    pub(crate) fn write_failed(&self, context: &str, e: sled::Error) -> StoreError {
+        self.latch.trip(context, &e)
+    }
+
+    /// A sled read failed: once the store has failed (sled may then refuse
+    /// reads too) that is the answer, else the read error itself.
+    pub(crate) fn read_failed(&self, context: String, e: sled::Error) -> StoreError {
+        match self.latch.check() {
+            Err(failed) => failed,
+            Ok(()) => StoreError::sled(context, e),
+        }
+    }
+
     /// Raises the durability watermark and wakes long-polls when it moved.
     fn raise_durable(&self, seq: u64) {
         let before = self.durable_seq.fetch_max(seq, Ordering::AcqRel);

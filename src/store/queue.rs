@@ -119,6 +119,28 @@ pub struct TokenResult {
     pub sequence: Option<u64>,
 }
 
+/// How much one Pull answer may carry: records are leased only while the sum
+/// of their stored size plus `per_record` stays within `max_bytes`. The first
+/// record of an answer is always leased, so one record too large for any
+/// answer cannot stall the queue (it fails to be sent, and after
+/// `max_deliveries` attempts it is a dead letter an operator can see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullBudget {
+    /// Most bytes of one answer.
+    pub max_bytes: usize,
+    /// Bytes a delivered record costs beyond its stored entry (the caller's
+    /// framing: field tags, lengths, token, timestamps).
+    pub per_record: usize,
+}
+
+impl PullBudget {
+    /// No byte limit.
+    pub const UNLIMITED: PullBudget = PullBudget {
+        max_bytes: usize::MAX,
+        per_record: 0,
+    };
+}
+
 /// Queue gauges.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
@@ -634,7 +656,7 @@ impl Inner {
                     let generated = self
                         .db
                         .generate_id()
-                        .map_err(|e| StoreError::sled("generating a sequence", e))?;
+                        .map_err(|e| self.write_failed("generating a sequence", e))?;
                     // Defensive: never reuse a sequence, even if the generator regressed.
                     let sequence = generated.saturating_add(1).max(
                         self.highest_issued
@@ -654,8 +676,8 @@ impl Inner {
         }
         if accepted > 0 {
             self.records.apply_batch(batch).map_err(|e| {
-                StoreError::sled(
-                    format!("writing batch {batch_id} of supplier {supplier_id}"),
+                self.write_failed(
+                    &format!("writing batch {batch_id} of supplier {supplier_id}"),
                     e,
                 )
             })?;
@@ -674,6 +696,7 @@ impl Inner {
     fn pull_blocking(
         &self,
         max: usize,
+        budget: PullBudget,
         lease: Duration,
     ) -> Result<(Vec<Delivery>, Option<Instant>), StoreError> {
         let lease = lease.min(MAX_DURATION);
@@ -685,6 +708,19 @@ impl Inner {
         let mut q = lock(&self.queue);
         q.reap(now);
         let mut out = Vec::new();
+        // Bytes of the answer so far; a record is leased only if it fits
+        // (checked before leasing, so nothing is counted as delivered that
+        // the answer cannot carry).
+        let mut used = 0usize;
+        let mut fits = |out_len: usize, value: &[u8]| {
+            let size = value.len().saturating_add(budget.per_record);
+            if out_len > 0 && used.saturating_add(size) > budget.max_bytes {
+                return false;
+            }
+            used = used.saturating_add(size);
+            true
+        };
+        let mut full = false;
         let mut attempts_batch = sled::Batch::default();
         let mut attempts_written = false;
         let mut lease_one = |q: &mut QueueState, seq: u64, value: &[u8]| {
@@ -751,6 +787,11 @@ impl Inner {
                 }
                 continue;
             }
+            if !fits(out.len(), &value) {
+                q.redeliver.insert(seq);
+                full = true;
+                break;
+            }
             match lease_one(&mut q, seq, &value) {
                 Ok(d) => out.push(d),
                 Err(e) => {
@@ -762,7 +803,7 @@ impl Inner {
 
         // Then the forward scan over durable entries past the cursor.
         let durable = self.durable_seq.load(Ordering::Acquire);
-        if out.len() < max && q.cursor < durable {
+        if !full && out.len() < max && q.cursor < durable {
             let range = queue_key(q.cursor + 1)..=queue_key(durable);
             for item in self.records.range(range) {
                 let (k, v) = item.map_err(|e| StoreError::sled("scanning the queue", e))?;
@@ -771,8 +812,11 @@ impl Inner {
                     if q.exhausted(seq) {
                         // Delivered often enough before a restart.
                         self.bury(&mut q, seq, &v)?;
-                    } else {
+                    } else if fits(out.len(), &v) {
                         out.push(lease_one(&mut q, seq, &v)?);
+                    } else {
+                        // Left for the next pull: the cursor stays before it.
+                        break;
                     }
                 }
                 q.cursor = seq;
@@ -785,7 +829,7 @@ impl Inner {
         if attempts_written {
             self.records
                 .apply_batch(attempts_batch)
-                .map_err(|e| StoreError::sled("recording delivery attempts", e))?;
+                .map_err(|e| self.write_failed("recording delivery attempts", e))?;
             self.commit.mark_dirty();
         }
         if !out.is_empty() {
@@ -802,12 +846,26 @@ impl Inner {
     }
 
     fn is_queued(&self, seq: u64) -> Result<bool, StoreError> {
+        #[cfg(test)]
+        if self
+            .read_faults
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Io {
+                context: format!("reading queue entry {seq} (injected fault)"),
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
         self.records
             .contains_key(queue_key(seq))
             .map_err(|e| StoreError::sled(format!("reading queue entry {seq}"), e))
     }
 
     /// Returns the results and whether a sync round must precede the answer.
+    /// Nothing changes in memory before every token is judged and the removals
+    /// are written: a failed read or write leaves every lease as it was, so
+    /// the records are delivered again (or a retried ack succeeds).
     fn ack_blocking(&self, tokens: &[String]) -> Result<(Vec<TokenResult>, bool), StoreError> {
         let mut q = lock(&self.queue);
         q.reap(Instant::now());
@@ -828,16 +886,18 @@ impl Inner {
                 .leases
                 .get(&seq)
                 .is_some_and(|l| l.matches(attempt, nonce) && l.state == LeaseState::Active);
-            let outcome = if active {
+            let outcome = if acked.contains(&seq) {
+                needs_sync = true;
+                TokenOutcome::AlreadyAcked
+            } else if active {
                 batch.remove(&queue_key(seq)[..]);
                 if q.records_attempt(attempt) {
                     batch.remove(&attempt_key(seq)[..]);
                 }
-                q.drop_lease(seq);
                 acked.insert(seq);
                 needs_sync = true;
                 TokenOutcome::Acked
-            } else if acked.contains(&seq) || (!self.is_queued(seq)? && !self.is_dead(seq)?) {
+            } else if !self.is_queued(seq)? && !self.is_dead(seq)? {
                 needs_sync = true;
                 TokenOutcome::AlreadyAcked
             } else {
@@ -849,12 +909,13 @@ impl Inner {
             });
         }
         if !acked.is_empty() {
-            if let Err(e) = self.records.apply_batch(batch) {
-                // Nothing removed: hand those records out again.
-                q.redeliver.extend(acked.iter().copied());
-                return Err(StoreError::sled("removing acked records", e));
-            }
+            // On failure nothing was removed and the leases stand: they expire
+            // and the records are delivered again.
+            self.records
+                .apply_batch(batch)
+                .map_err(|e| self.write_failed("removing acked records", e))?;
             for seq in &acked {
+                q.drop_lease(*seq);
                 q.attempts.remove(seq);
             }
             q.counters.acked += acked.len() as u64;
@@ -939,6 +1000,9 @@ impl Store {
         records: Vec<NewRecord>,
     ) -> Result<Vec<SubmitOutcome>, StoreError> {
         validate_supplier_id(supplier_id)?;
+        // A failed store answers nothing, not even a duplicate: what the dedup
+        // index remembers may be what the failed sync lost.
+        self.inner.latch.check()?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -969,14 +1033,31 @@ impl Store {
     /// normally.
     ///
     /// # Errors
-    /// `Sled` when reading the queue or recording attempts fails, `Corrupt` when
-    /// a queue entry fails to decode, `Closed` at shutdown.
+    /// `Sled` when reading the queue fails, `Corrupt` when a queue entry fails
+    /// to decode, `Closed` at shutdown, `Failed` once the store has failed
+    /// (also ending a long-poll that waits when it fails).
     pub async fn pull(
         &self,
         max: usize,
         wait: Duration,
         lease: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
+        self.pull_within(max, PullBudget::UNLIMITED, wait, lease)
+            .await
+    }
+
+    /// [`Store::pull`] that leases only as many records as fit `budget`.
+    ///
+    /// # Errors
+    /// As [`Store::pull`].
+    pub async fn pull_within(
+        &self,
+        max: usize,
+        budget: PullBudget,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.latch.check()?;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -990,7 +1071,7 @@ impl Store {
 
             let inner = Arc::clone(&self.inner);
             let (out, next_deadline) =
-                tokio::task::spawn_blocking(move || inner.pull_blocking(max, lease))
+                tokio::task::spawn_blocking(move || inner.pull_blocking(max, budget, lease))
                     .await
                     .map_err(join_error)??;
             if !out.is_empty() {
@@ -1004,7 +1085,9 @@ impl Store {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                () = self.inner.latch.failed() => {}
             }
+            self.inner.latch.check()?;
         }
     }
 
@@ -1015,6 +1098,7 @@ impl Store {
     /// `Sled`/`Io` when removing or syncing fails (retryable: a retry answers
     /// `AlreadyAcked`), `Closed` at shutdown.
     pub async fn ack(&self, tokens: &[String]) -> Result<Vec<TokenResult>, StoreError> {
+        self.inner.latch.check()?;
         let inner = Arc::clone(&self.inner);
         let owned = tokens.to_vec();
         let (results, needs_sync) = tokio::task::spawn_blocking(move || inner.ack_blocking(&owned))
@@ -1031,6 +1115,7 @@ impl Store {
     /// # Errors
     /// `Sled` when checking whether a record is still queued fails, `Closed` at shutdown.
     pub async fn release(&self, tokens: &[String]) -> Result<Vec<TokenResult>, StoreError> {
+        self.inner.latch.check()?;
         let inner = Arc::clone(&self.inner);
         let owned = tokens.to_vec();
         tokio::task::spawn_blocking(move || inner.release_blocking(&owned))
