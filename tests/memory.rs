@@ -138,3 +138,177 @@ async fn a_batch_of_millions_of_empty_records_is_refused_in_bounded_memory() {
         .into_inner();
     assert_eq!(receipt.accepted, 1);
 }
+
+/// A request body fed frame by frame from the test.
+struct FedBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for FedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+/// Starts a SubmitBatch whose body the test sends piece by piece; the
+/// answer's HTTP status and gRPC status header or trailer come from the task.
+fn open_submit(
+    mut channel: tonic::transport::Channel,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<http::Response<tonic::body::Body>, tonic::transport::Error>>,
+) {
+    use tower_service::Service;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/schakel.v1.Intake/SubmitBatch")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(FedBody(rx)))
+        .expect("request");
+    let answer = tokio::spawn(async move {
+        std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+        channel.call(request).await
+    });
+    (tx, answer)
+}
+
+#[tokio::test]
+async fn the_bytes_of_requests_being_received_at_once_are_budgeted_across_connections() {
+    const KIB: usize = 1024;
+    let server = TestServer::start_with(|c| {
+        c.limits.max_request_bytes = 1024 * KIB;
+        c.limits.max_decoding_bytes = Some(1536 * KIB);
+    })
+    .await;
+
+    // Supplier A starts a 1 MiB request and sends 900 KiB of it, then waits.
+    let (tx, first) = open_submit(server.channel(SUPPLIER_A).await);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(1024 * KIB as u32).to_be_bytes());
+    tx.send(frame.into()).await.expect("send prefix");
+    for _ in 0..9 {
+        tx.send(vec![0u8; 100 * KIB].into())
+            .await
+            .expect("send part");
+    }
+
+    // Supplier B's 700 KiB request, on its own connection, does not fit next
+    // to those 900 KiB: once they have arrived it is refused with a retry hint.
+    let other = server.channel(SUPPLIER_B).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let status = submit_raw(other.clone(), vec![0u8; 700 * KIB])
+            .await
+            .expect_err("700 KiB of zeros is no batch");
+        if code_of(&status) == "DECODE_BUDGET_EXHAUSTED" {
+            break status;
+        }
+        // Refused for its content instead: the first request's bytes are not
+        // all there yet.
+        assert_eq!(code_of(&status), "MALFORMED_MESSAGE", "{status:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the budget never filled up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
+        Some("200")
+    );
+    // A small request still fits next to the 900 KiB.
+    let receipt = server
+        .intake(SUPPLIER_B)
+        .await
+        .submit_batch(batch("small", vec![record("small-1")]))
+        .await
+        .expect("a small batch fits")
+        .into_inner();
+    assert_eq!(receipt.accepted, 1);
+
+    // The first request ends cut short; once it is answered its bytes are
+    // given back and the 700 KiB fit.
+    drop(tx);
+    let answer = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the cut-short request is answered")
+        .expect("task")
+        .expect("an HTTP answer");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    let status = submit_raw(other, vec![0u8; 700 * KIB])
+        .await
+        .expect_err("700 KiB of zeros is no batch");
+    assert_eq!(code_of(&status), "MALFORMED_MESSAGE", "{status:?}");
+}
+
+/// An HTTP/2 connection over mutual TLS to `server` as `name`, without tonic.
+async fn raw_h2(
+    server: &TestServer,
+    name: &str,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let files = server.files(name);
+    let (cert, key) = files.identity.clone().expect("identity");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca).expect("ca") {
+        roots.add(ca.expect("ca cert")).expect("add ca");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .expect("cert")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS");
+    let (send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+#[tokio::test]
+async fn a_connection_may_open_only_so_many_streams_at_once() {
+    let server =
+        TestServer::start_with(|c| c.limits.max_concurrent_streams_per_connection = 7).await;
+    let mut send = raw_h2(&server, SUPPLIER_A).await.ready().await.expect("ready");
+    // One full round trip, so the server's SETTINGS have been read.
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost:{}/grpc.health.v1.Health/Check", server.addr.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (answer, mut body) = send.send_request(request, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("body");
+    let answer = answer.await.expect("answer");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    assert_eq!(send.current_max_send_streams(), 7);
+}
