@@ -312,3 +312,31 @@ async fn a_connection_may_open_only_so_many_streams_at_once() {
     assert_eq!(answer.status(), http::StatusCode::OK);
     assert_eq!(send.current_max_send_streams(), 7);
 }
+
+#[tokio::test]
+async fn the_record_limit_before_decoding_is_the_configured_one() {
+    let server = TestServer::start_with(|c| c.limits.max_records_per_batch = 3).await;
+    let mut intake = server.intake(SUPPLIER_A).await;
+    // Four records behind a header that would fail its own check: the count
+    // is refused first, before the batch is decoded.
+    let mut four = batch(
+        "four",
+        (0..4).map(|i| record(&format!("four-{i}"))).collect(),
+    );
+    if let Some(h) = four.header.as_mut() {
+        h.source_system.clear();
+    }
+    let status = intake.submit_batch(four).await.expect_err("too many");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(code_of(&status), "TOO_MANY_RECORDS");
+    // Three are fine.
+    let receipt = intake
+        .submit_batch(batch(
+            "three",
+            (0..3).map(|i| record(&format!("three-{i}"))).collect(),
+        ))
+        .await
+        .expect("three records")
+        .into_inner();
+    assert_eq!(receipt.accepted, 3);
+}
