@@ -270,10 +270,16 @@ async fn a_batch_id_cannot_forge_a_text_log_line() {
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     )
     .into_owned();
-    assert!(!text.contains("FORGED"), "a batch id reached the log:\n{text}");
+    assert!(
+        !text.contains("FORGED"),
+        "a batch id reached the log:\n{text}"
+    );
     assert!(
         text.lines().any(|l| l.contains("batch=<invalid>")),
         "the refusals are logged in the batch's span, with a placeholder:\n{text}"
     );
-    assert!(!text.contains('\u{1b}'), "a control character reached the log");
+    assert!(
+        !text.contains('\u{1b}'),
+        "a control character reached the log"
+    );
 }

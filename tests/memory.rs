@@ -253,10 +253,7 @@ async fn the_bytes_of_requests_being_received_at_once_are_budgeted_across_connec
 }
 
 /// An HTTP/2 connection over mutual TLS to `server` as `name`, without tonic.
-async fn raw_h2(
-    server: &TestServer,
-    name: &str,
-) -> h2::client::SendRequest<bytes::Bytes> {
+async fn raw_h2(server: &TestServer, name: &str) -> h2::client::SendRequest<bytes::Bytes> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let files = server.files(name);
@@ -296,11 +293,18 @@ async fn raw_h2(
 async fn a_connection_may_open_only_so_many_streams_at_once() {
     let server =
         TestServer::start_with(|c| c.limits.max_concurrent_streams_per_connection = 7).await;
-    let mut send = raw_h2(&server, SUPPLIER_A).await.ready().await.expect("ready");
+    let mut send = raw_h2(&server, SUPPLIER_A)
+        .await
+        .ready()
+        .await
+        .expect("ready");
     // One full round trip, so the server's SETTINGS have been read.
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("https://localhost:{}/grpc.health.v1.Health/Check", server.addr.port()))
+        .uri(format!(
+            "https://localhost:{}/grpc.health.v1.Health/Check",
+            server.addr.port()
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())

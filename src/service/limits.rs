@@ -229,7 +229,10 @@ impl http_body::Body for BudgetedBody {
             return Poll::Ready(None);
         };
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(http_body::Frame::data_ref)) {
+        if let Some(Ok(data)) = frame
+            .as_ref()
+            .map(|f| f.as_ref().map(http_body::Frame::data_ref))
+        {
             let len = data.map_or(0, prost::bytes::Bytes::len);
             if len > 0 && !charge.take(len) {
                 this.charge = None;
