@@ -360,8 +360,9 @@ async fn serve_once(
     )
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
-    // Every request's body is charged to one gateway-wide decode budget, and
-    // the codec refuses an oversized batch before decoding it.
+    // Every request's body to the gateway's own services is charged to one
+    // gateway-wide decode budget, and the codec refuses an oversized batch
+    // before decoding it (see `DecodeLimitsLayer`).
     let decode_limits = DecodeLimitsLayer::new(
         DecodeBudget::new(limits.decoding_budget()),
         crate::codec::DecodeLimits::of(limits),

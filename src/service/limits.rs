@@ -254,8 +254,11 @@ impl http_body::Body for BudgetedBody {
     }
 }
 
-/// The tower layer that puts every request under the decode budget and the
-/// codec's [`DecodeLimits`]; the server installs it on all services.
+/// The tower layer that puts every request to the gateway's own services
+/// (`/schakel.*`, all unary) under the decode budget and the codec's
+/// [`DecodeLimits`]; the server installs it around all services. Health and
+/// reflection pass unbudgeted: their requests are tiny, and a reflection
+/// stream would hold its charge for as long as it stays open.
 #[derive(Debug, Clone)]
 pub struct DecodeLimitsLayer {
     budget: DecodeBudget,
@@ -281,6 +284,9 @@ impl<S> tower_layer::Layer<S> for DecodeLimitsLayer {
     }
 }
 
+/// The request paths [`DecodeLimitsLayer`] budgets: the `schakel.*` services.
+const BUDGETED_PATHS: &str = "/schakel.";
+
 /// See [`DecodeLimitsLayer`].
 #[derive(Debug, Clone)]
 pub struct DecodeLimitsService<S> {
@@ -303,6 +309,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if !request.uri().path().starts_with(BUDGETED_PATHS) {
+            return Box::pin(self.inner.call(request));
+        }
         let charge = Arc::new(Charge {
             budget: self.budget.clone(),
             taken: AtomicUsize::new(0),
@@ -368,6 +377,26 @@ mod tests {
             l.admit_at("x", Some("s"), 500, t0 + Duration::from_millis(500))
                 .unwrap(),
         );
+    }
+
+    #[test]
+    fn the_decode_budget_is_shared_and_given_back_per_request() {
+        let budget = DecodeBudget::new(100);
+        let charge = || Charge {
+            budget: budget.clone(),
+            taken: AtomicUsize::new(0),
+        };
+        let (first, second) = (charge(), charge());
+        assert!(first.take(60));
+        assert!(!first.take(41), "over the budget");
+        assert!(!second.take(41), "the budget is shared");
+        assert!(second.take(40));
+        assert_eq!(budget.in_use(), 100);
+        drop(first);
+        assert_eq!(budget.in_use(), 40, "a request gives back what it took");
+        drop(second);
+        assert_eq!(budget.in_use(), 0);
+        assert!(!charge().take(101), "more than the whole budget never fits");
     }
 
     #[test]
