@@ -8,7 +8,9 @@
 //! Before a `Batch` is decoded its wire bytes are walked once, without
 //! allocating ([`scan_batch`]): a batch without a header, with more records
 //! than `limits.max_records_per_batch`, or with broken top-level framing is
-//! refused before prost builds a single record. (An empty record is 2 bytes on
+//! refused before prost builds a single record. An `AckRequest` or
+//! `ReleaseRequest` with more lease tokens than the registry takes per call
+//! is refused the same way. (An empty record is 2 bytes on
 //! the wire and hundreds in memory: decoding 32 MiB of them costs gigabytes.)
 //! The record limit comes from [`DecodeLimits`], which the server sets per
 //! request with [`scope`] (`service::limits::DecodeLimitsLayer`); outside a
@@ -128,12 +130,18 @@ impl<U: Message + Default + 'static> Decoder for StrictDecoder<U> {
     }
 }
 
-/// The check a message type gets before it is decoded. Only `Batch` has one:
-/// it is the one request whose element count is limited and whose elements
-/// cost far more in memory than on the wire. (A `TypeId` test rather than a
-/// trait, so a message added to the proto files needs nothing here.)
+/// The check a message type gets before it is decoded: the requests whose
+/// element count is limited and whose elements cost far more in memory than on
+/// the wire (an empty record or token: 2 bytes on the wire, 24 to hundreds in
+/// memory). `Batch` (records), `AckRequest` and `ReleaseRequest` (lease
+/// tokens); nothing for the others. (A `TypeId` test rather than a trait, so a
+/// message added to the proto files needs nothing here.)
 fn pre_check<U: 'static>(src: &DecodeBuf<'_>) -> Result<(), ServiceError> {
-    if TypeId::of::<U>() != TypeId::of::<crate::proto::Batch>() {
+    let id = TypeId::of::<U>();
+    let batch = id == TypeId::of::<crate::proto::Batch>();
+    let tokens = id == TypeId::of::<crate::proto::AckRequest>()
+        || id == TypeId::of::<crate::proto::ReleaseRequest>();
+    if !batch && !tokens {
         return Ok(());
     }
     // `DecodeBuf` is one contiguous `BytesMut` holding the whole message, so
@@ -145,7 +153,37 @@ fn pre_check<U: 'static>(src: &DecodeBuf<'_>) -> Result<(), ServiceError> {
             "the message to decode is not contiguous".into(),
         ));
     }
-    check_batch_shape(bytes, current_limits().max_records_per_batch)
+    if batch {
+        check_batch_shape(bytes, current_limits().max_records_per_batch)
+    } else {
+        check_token_count(bytes, crate::service::registry::MAX_TOKENS_PER_CALL)
+    }
+}
+
+/// Scans `bytes` as an `AckRequest` / `ReleaseRequest` (field 1: repeated
+/// `lease_tokens`) and refuses more than `max_tokens` tokens as the registry
+/// service would (`INVALID_REQUEST`), broken framing as prost would.
+///
+/// # Errors
+/// As above.
+pub fn check_token_count(bytes: &[u8], max_tokens: usize) -> Result<(), ServiceError> {
+    let mut tokens = 0usize;
+    scan_fields(bytes, |field, wire_type| match (field, wire_type) {
+        (1, 2) => {
+            tokens += 1;
+            Ok(())
+        }
+        (1, _) => Err(WireError::FieldWireType("lease_tokens")),
+        _ => Ok(()),
+    })
+    .map_err(|e| ServiceError::Malformed(e.to_string()))?;
+    if tokens > max_tokens {
+        return Err(ServiceError::InvalidRequest {
+            field: "lease_tokens",
+            message: format!("at most {max_tokens} tokens per call"),
+        });
+    }
+    Ok(())
 }
 
 /// Scans `bytes` as a `Batch` and refuses it as prost or the header check
@@ -199,8 +237,9 @@ pub enum WireError {
     /// A wire type prost does not know (6, 7), or an end-group without start.
     #[error("invalid wire type {0}")]
     WireType(u8),
-    /// `header` or `records` does not have the length-delimited wire type.
-    #[error("Batch.{0}: invalid wire type")]
+    /// A known field (`header`, `records`, `lease_tokens`) does not have the
+    /// length-delimited wire type.
+    #[error("{0}: invalid wire type")]
     FieldWireType(&'static str),
     /// A length or fixed-size value runs past the end of the message.
     #[error("buffer underflow")]
@@ -216,23 +255,36 @@ pub enum WireError {
 ///
 /// # Errors
 /// The framing is broken.
-pub fn scan_batch(mut bytes: &[u8]) -> Result<BatchShape, WireError> {
+pub fn scan_batch(bytes: &[u8]) -> Result<BatchShape, WireError> {
     let mut shape = BatchShape {
         header: false,
         records: 0,
     };
-    while !bytes.is_empty() {
-        let (field, wire_type) = key(&mut bytes)?;
+    scan_fields(bytes, |field, wire_type| {
         match (field, wire_type) {
             (1, 2) => shape.header = true,
             (2, 2) => shape.records += 1,
-            (1, _) => return Err(WireError::FieldWireType("header")),
-            (2, _) => return Err(WireError::FieldWireType("records")),
+            (1, _) => return Err(WireError::FieldWireType("Batch.header")),
+            (2, _) => return Err(WireError::FieldWireType("Batch.records")),
             _ => {}
         }
+        Ok(())
+    })?;
+    Ok(shape)
+}
+
+/// Calls `on_field` with the number and wire type of every top-level field of
+/// the message in `bytes`, skipping the values as prost does.
+fn scan_fields(
+    mut bytes: &[u8],
+    mut on_field: impl FnMut(u32, u8) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    while !bytes.is_empty() {
+        let (field, wire_type) = key(&mut bytes)?;
+        on_field(field, wire_type)?;
         skip(&mut bytes, field, wire_type, 0)?;
     }
-    Ok(shape)
+    Ok(())
 }
 
 /// prost's limit on nested messages and groups.
@@ -373,8 +425,8 @@ mod tests {
             (&[0x0a], WireError::Varint),
             (&[0x12, 0x80], WireError::Varint),
             (&[0x00, 0x00], WireError::Key),
-            (&[0x08, 0x01], WireError::FieldWireType("header")),
-            (&[0x10, 0x01], WireError::FieldWireType("records")),
+            (&[0x08, 0x01], WireError::FieldWireType("Batch.header")),
+            (&[0x10, 0x01], WireError::FieldWireType("Batch.records")),
             (&[0x1e], WireError::WireType(6)),
             (&[0x1c], WireError::WireType(4)),
             (&[0x1b, 0x08, 0x01], WireError::Underflow),
@@ -391,6 +443,26 @@ mod tests {
         }
         let deep: Vec<u8> = [0x1b].repeat(101);
         assert_eq!(scan_batch(&deep), Err(WireError::Recursion));
+    }
+
+    #[test]
+    fn lease_tokens_are_counted_before_decoding() {
+        let request = |n: usize| {
+            crate::proto::AckRequest {
+                lease_tokens: vec![String::new(); n],
+            }
+            .encode_to_vec()
+        };
+        let code = |r: Result<(), ServiceError>| r.map_err(|e| e.code());
+        assert_eq!(code(check_token_count(&request(3), 3)), Ok(()));
+        assert_eq!(
+            code(check_token_count(&request(4), 3)),
+            Err("INVALID_REQUEST")
+        );
+        assert_eq!(
+            code(check_token_count(&[0x08, 0x01], 3)),
+            Err("MALFORMED_MESSAGE")
+        );
     }
 
     #[test]

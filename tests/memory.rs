@@ -53,16 +53,37 @@ impl Decoder for RawDecoder {
     }
 }
 
-async fn submit_raw(
+async fn call_raw(
     channel: tonic::transport::Channel,
+    path: &'static str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static("/schakel.v1.Intake/SubmitBatch");
+    let path = http::uri::PathAndQuery::from_static(path);
     grpc.unary(tonic::Request::new(body), path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
+}
+
+async fn submit_raw(
+    channel: tonic::transport::Channel,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    call_raw(channel, "/schakel.v1.Intake/SubmitBatch", body).await
+}
+
+/// A channel to the child gateway as `name`, once it serves, without the
+/// harness's 2 s per-call timeout: a debug build moves 32 MiB through TLS
+/// slowly.
+async fn patient_channel(gateway: &ChildGateway, name: &str) -> tonic::transport::Channel {
+    drop(gateway.channel(name, Duration::from_secs(30)).await);
+    schakel::client::endpoint(&gateway.url(), &gateway.files(name))
+        .expect("endpoint")
+        .timeout(Duration::from_secs(300))
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// Peak resident set size of process `pid` in bytes (`VmHWM`).
@@ -81,15 +102,8 @@ const MIB: u64 = 1024 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_millions_of_empty_records_is_refused_in_bounded_memory() {
     let gateway = ChildGateway::start(&[]);
-    // Wait until it serves, then use a channel without the harness's 2 s
-    // per-call timeout: a debug build moves 32 MiB through TLS slowly.
-    drop(gateway.channel("supplier-a", Duration::from_secs(30)).await);
-    let channel = schakel::client::endpoint(&gateway.url(), &gateway.files("supplier-a"))
-        .expect("endpoint")
-        .timeout(Duration::from_secs(300))
-        .connect()
-        .await
-        .expect("connect");
+    let channel = patient_channel(&gateway, "supplier-a").await;
+    let other = patient_channel(&gateway, "supplier-b").await;
     let before = peak_rss(gateway.pid());
 
     // Just under the 32 MiB request limit: 16 M empty records, no header.
@@ -113,6 +127,12 @@ async fn a_batch_of_millions_of_empty_records_is_refused_in_bounded_memory() {
     with_header.extend([0x12u8, 0x00].repeat(8_000_000).repeat(2));
     let too_many = submit_raw(channel.clone(), with_header).await.unwrap_err();
 
+    // Two at once, from two suppliers: each costs its own size, not gigabytes.
+    let (one, two) = tokio::join!(
+        submit_raw(channel.clone(), [0x12u8, 0x00].repeat(request / 2)),
+        submit_raw(other, [0x12u8, 0x00].repeat(request / 2)),
+    );
+
     let after = peak_rss(gateway.pid());
     eprintln!(
         "gateway peak RSS: {:.1} MB before, {:.1} MB after requests of up to {:.1} MB; the first answered in {:.2} s",
@@ -125,6 +145,9 @@ async fn a_batch_of_millions_of_empty_records_is_refused_in_bounded_memory() {
     assert_eq!(code_of(&missing), "HEADER_MISSING");
     assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
     assert_eq!(code_of(&too_many), "TOO_MANY_RECORDS");
+    for status in [one.unwrap_err(), two.unwrap_err()] {
+        assert_eq!(code_of(&status), "HEADER_MISSING", "{status:?}");
+    }
     assert!(
         after <= before + 4 * request as u64,
         "peak RSS grew from {before} to {after} bytes for a {request}-byte request"
@@ -315,6 +338,34 @@ async fn a_connection_may_open_only_so_many_streams_at_once() {
     let answer = answer.await.expect("answer");
     assert_eq!(answer.status(), http::StatusCode::OK);
     assert_eq!(send.current_max_send_streams(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_of_millions_of_empty_tokens_is_refused_in_bounded_memory() {
+    let gateway = ChildGateway::start(&[]);
+    let channel = patient_channel(&gateway, "registry").await;
+    let before = peak_rss(gateway.pid());
+    let request = 32 * MIB as usize - 2;
+    let tokens = [0x0au8, 0x00].repeat(request / 2);
+    let (ack, release) = tokio::join!(
+        call_raw(channel.clone(), "/schakel.v1.Registry/Ack", tokens.clone()),
+        call_raw(channel.clone(), "/schakel.v1.Registry/Release", tokens),
+    );
+    let after = peak_rss(gateway.pid());
+    eprintln!(
+        "gateway peak RSS: {:.1} MB before, {:.1} MB after an Ack and a Release of {:.1} MB each",
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        request as f64 / 1e6,
+    );
+    for status in [ack.unwrap_err(), release.unwrap_err()] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(code_of(&status), "INVALID_REQUEST");
+    }
+    assert!(
+        after <= before + 4 * request as u64,
+        "peak RSS grew from {before} to {after} bytes for two {request}-byte requests"
+    );
 }
 
 #[tokio::test]
