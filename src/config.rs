@@ -161,6 +161,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests in progress at once per connection.
     pub max_concurrent_requests_per_connection: usize,
+    /// HTTP/2 streams a client may open at once on one connection (the
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the gateway announces).
+    pub max_concurrent_streams_per_connection: u32,
+    /// Bytes of requests being received and decoded at once, all connections
+    /// together; past it RESOURCE_EXHAUSTED `DECODE_BUDGET_EXHAUSTED` with a
+    /// retry hint. Unset: 4 x `max_request_bytes`.
+    pub max_decoding_bytes: Option<usize>,
     /// Seconds the server waits for requests in flight at shutdown.
     pub shutdown_grace_secs: u64,
     /// Requests in flight at once per client certificate; past it RESOURCE_EXHAUSTED.
@@ -291,6 +298,8 @@ impl Default for Limits {
             max_handshakes: 256,
             max_connections: 1_024,
             max_concurrent_requests_per_connection: 64,
+            max_concurrent_streams_per_connection: 100,
+            max_decoding_bytes: None,
             shutdown_grace_secs: 20,
             max_in_flight_per_identity: 16,
             supplier_records_per_second: 200_000,
@@ -298,6 +307,15 @@ impl Default for Limits {
             max_deliveries: 10,
             redelivery_backoff_ms: 1_000,
         }
+    }
+}
+
+impl Limits {
+    /// The decode budget in bytes: `max_decoding_bytes`, or 4 x
+    /// `max_request_bytes` when unset.
+    pub fn decoding_budget(&self) -> usize {
+        self.max_decoding_bytes
+            .unwrap_or_else(|| self.max_request_bytes.saturating_mul(4))
     }
 }
 
@@ -464,6 +482,10 @@ impl Config {
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection,
             ),
+            (
+                "limits.max_concurrent_streams_per_connection",
+                l.max_concurrent_streams_per_connection as usize,
+            ),
             ("limits.max_deliveries", l.max_deliveries as usize),
             (
                 "ops.overdue_after_secs",
@@ -487,6 +509,15 @@ impl Config {
         }
         if self.audit.refusal_max_keys == 0 {
             problems.push("audit.refusal_max_keys must be greater than 0".into());
+        }
+        // A request of the largest size, with its 5-byte gRPC frame prefix,
+        // must fit in the decode budget on its own.
+        if l.decoding_budget() < l.max_request_bytes.saturating_add(5) {
+            problems.push(format!(
+                "limits.max_decoding_bytes ({}) must be at least limits.max_request_bytes + 5 ({})",
+                l.decoding_budget(),
+                l.max_request_bytes.saturating_add(5)
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -560,6 +591,7 @@ mod tests {
         config.tls.cert = PathBuf::from("/nonexistent/server.pem");
         config.rules.campaign_start = "6 januari".into();
         config.limits.max_connections = 0;
+        config.limits.max_decoding_bytes = Some(config.limits.max_request_bytes);
         config.identities[0].supplier_id = Some("nobody".into());
         let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
             panic!("expected Invalid");
@@ -568,6 +600,7 @@ mod tests {
         assert!(all.contains("/nonexistent/server.pem"), "{all}");
         assert!(all.contains("campaign_start"), "{all}");
         assert!(all.contains("limits.max_connections"), "{all}");
+        assert!(all.contains("limits.max_decoding_bytes"), "{all}");
         assert!(all.contains("\"nobody\""), "{all}");
     }
 }

@@ -75,6 +75,13 @@ pub enum ServiceError {
         /// When a retry may succeed.
         retry_after: std::time::Duration,
     },
+    /// The gateway is receiving and decoding as many request bytes as
+    /// `limits.max_decoding_bytes` allows, across all connections.
+    #[error("the gateway is receiving too many request bytes at once; retry after {} ms", retry_after.as_millis())]
+    DecodeBudgetExhausted {
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// The request is not a valid protobuf message of its type.
     #[error("the request does not decode: {0}")]
     Malformed(String),
@@ -141,6 +148,7 @@ impl ServiceError {
             ServiceError::InvalidRequest { .. } => "INVALID_REQUEST",
             ServiceError::Malformed(_) => "MALFORMED_MESSAGE",
             ServiceError::Overloaded { .. } => "RATE_LIMITED",
+            ServiceError::DecodeBudgetExhausted { .. } => "DECODE_BUDGET_EXHAUSTED",
             ServiceError::Internal(_) => "INTERNAL",
             ServiceError::NotFound { code, .. }
             | ServiceError::AlreadyExists { code, .. }
@@ -156,7 +164,9 @@ impl ServiceError {
             | ServiceError::InvalidRequest { .. }
             | ServiceError::Malformed(_) => Code::InvalidArgument,
             ServiceError::Store(e) if e.is_retryable() => Code::Unavailable,
-            ServiceError::Overloaded { .. } => Code::ResourceExhausted,
+            ServiceError::Overloaded { .. } | ServiceError::DecodeBudgetExhausted { .. } => {
+                Code::ResourceExhausted
+            }
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
             ServiceError::NoPeerCertificate
             | ServiceError::UnknownCertificate { .. }
@@ -178,7 +188,8 @@ impl From<ServiceError> for Status {
         let code = error.code();
         let grpc = error.grpc_code();
         let retry_after = match &error {
-            ServiceError::Overloaded { retry_after, .. } => Some(retry_after.as_millis()),
+            ServiceError::Overloaded { retry_after, .. }
+            | ServiceError::DecodeBudgetExhausted { retry_after } => Some(retry_after.as_millis()),
             _ => None,
         };
         if code == "STORE_FAILED" {

@@ -31,7 +31,7 @@ use crate::reload::Reloader;
 use crate::service::admin::AdminService;
 use crate::service::auth::{Access, Authorize, RefusalAudit, RefusalSettings};
 use crate::service::intake::IntakeService;
-use crate::service::limits::{Limiter, LimiterConfig};
+use crate::service::limits::{DecodeBudget, DecodeLimitsLayer, Limiter, LimiterConfig};
 use crate::service::operations::OperationsService;
 use crate::service::registry::RegistryService;
 use crate::store::{Identity, Role, Store, StoreError, StoreOptions, Supplier};
@@ -351,8 +351,17 @@ async fn serve_once(
     )
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
+    // Every request's body to the gateway's own services is charged to one
+    // gateway-wide decode budget, and the codec refuses an oversized batch
+    // before decoding it (see `DecodeLimitsLayer`).
+    let decode_limits = DecodeLimitsLayer::new(
+        DecodeBudget::new(limits.decoding_budget()),
+        crate::codec::DecodeLimits::of(limits),
+    );
     let router = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .layer(decode_limits)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(InterceptedService::new(

@@ -122,6 +122,20 @@ fn check(records: Vec<proto::VaccinationRecord>, rules: &Rules, today: time::Dat
     Checked { valid, rejected }
 }
 
+/// What the log may say for a batch id not validated yet: the id itself only
+/// when it would pass the header check (at most 128 characters, no control
+/// characters, so it cannot forge a log line), else a placeholder.
+fn loggable_batch_id(batch_id: &str) -> &str {
+    if batch_id.chars().count() <= 128 && !batch_id.chars().any(char::is_control) {
+        batch_id
+    } else {
+        INVALID_BATCH_ID
+    }
+}
+
+/// Logged instead of a batch id that fails the header check.
+const INVALID_BATCH_ID: &str = "<invalid>";
+
 #[tonic::async_trait]
 impl Intake for IntakeService {
     /// Runs the call in a span carrying the supplier and batch id, so every log
@@ -139,8 +153,7 @@ impl Intake for IntakeService {
             .get_ref()
             .header
             .as_ref()
-            .map(|h| h.batch_id.chars().take(128).collect::<String>())
-            .unwrap_or_default();
+            .map_or("", |h| loggable_batch_id(&h.batch_id));
         let span = tracing::info_span!("submit_batch", supplier = %supplier, batch = %batch);
         let result = self.submit(request).instrument(span.clone()).await;
         if let Some(monitor) = &self.monitor {
@@ -284,6 +297,15 @@ impl IntakeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_valid_batch_id_is_logged() {
+        assert_eq!(loggable_batch_id("2021-03-04-run-1"), "2021-03-04-run-1");
+        assert_eq!(loggable_batch_id(&"é".repeat(128)), "é".repeat(128));
+        assert_eq!(loggable_batch_id(&"x".repeat(129)), INVALID_BATCH_ID);
+        assert_eq!(loggable_batch_id("a\nFORGED"), INVALID_BATCH_ID);
+        assert_eq!(loggable_batch_id("a\u{9b}b"), INVALID_BATCH_ID);
+    }
 
     #[test]
     fn latest_valid_date_is_ahead_of_utc() {

@@ -1,15 +1,26 @@
-//! Fairness between callers: a cap on requests in flight per identity
-//! (certificate) and a token-bucket rate limit on records per supplier. Past
-//! either, the answer is RESOURCE_EXHAUSTED with a retry hint, so one supplier
-//! flooding the gateway cannot crowd out another.
+//! Fairness between callers and bounded memory: a cap on requests in flight
+//! per identity (certificate), a token-bucket rate limit on records per
+//! supplier, and a gateway-wide budget on the bytes of requests being received
+//! and decoded at once ([`DecodeBudget`]). Past any of them, the answer is
+//! RESOURCE_EXHAUSTED with a retry hint, so one supplier flooding the gateway
+//! cannot crowd out another, and many large requests at once cannot exhaust
+//! its memory.
 //!
-//! Pure in-memory bookkeeping, no I/O; the services call [`Limiter::admit`]
-//! at the start of a call and hold the [`Permit`] until they answer.
+//! Pure in-memory bookkeeping, no I/O. The services call [`Limiter::admit`]
+//! at the start of a call and hold the [`Permit`] until they answer; the
+//! server installs [`DecodeLimitsLayer`] around all services, which charges
+//! request bodies to the budget as they arrive and sets the codec's
+//! [`DecodeLimits`] for the request.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::codec::DecodeLimits;
 use crate::error::ServiceError;
 
 /// The limits, from `config.limits`.
@@ -129,6 +140,199 @@ impl Limiter {
     }
 }
 
+/// How long a caller refused by the decode budget is asked to wait: requests
+/// being received finish within milliseconds to seconds.
+const DECODE_BUDGET_RETRY: Duration = Duration::from_millis(200);
+
+/// Bytes of requests being received and decoded at once, across all
+/// connections (`limits.max_decoding_bytes`). Lock-free; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DecodeBudget {
+    limit: usize,
+    used: Arc<AtomicUsize>,
+}
+
+impl DecodeBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        DecodeBudget {
+            limit,
+            used: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Bytes taken now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` bytes if they fit.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        // Only what `try_take` added is given back, so this never underflows.
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one request has taken from the budget. Shared by the request's body
+/// (charged frame by frame as it arrives) and its service future (which holds
+/// the decoded message): the bytes are given back when both are done.
+#[derive(Debug)]
+struct Charge {
+    budget: DecodeBudget,
+    taken: AtomicUsize,
+}
+
+impl Charge {
+    fn take(&self, n: usize) -> bool {
+        if !self.budget.try_take(n) {
+            return false;
+        }
+        self.taken.fetch_add(n, Ordering::AcqRel);
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(*self.taken.get_mut());
+    }
+}
+
+/// A request body that charges every data frame to the decode budget before
+/// the codec buffers it; over budget, the body fails with
+/// RESOURCE_EXHAUSTED `DECODE_BUDGET_EXHAUSTED` (tonic answers the call with
+/// that status).
+struct BudgetedBody {
+    inner: tonic::body::Body,
+    /// `None` once the budget refused a frame: the body is over.
+    charge: Option<Arc<Charge>>,
+}
+
+impl http_body::Body for BudgetedBody {
+    type Data = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<prost::bytes::Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        let Some(charge) = &this.charge else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame
+            .as_ref()
+            .map(|f| f.as_ref().map(http_body::Frame::data_ref))
+        {
+            let len = data.map_or(0, prost::bytes::Bytes::len);
+            if len > 0 && !charge.take(len) {
+                this.charge = None;
+                let refused = ServiceError::DecodeBudgetExhausted {
+                    retry_after: DECODE_BUDGET_RETRY,
+                };
+                return Poll::Ready(Some(Err(refused.into())));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.charge.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The tower layer that puts every request to the gateway's own services
+/// (`/schakel.*`, all unary) under the decode budget and the codec's
+/// [`DecodeLimits`]; the server installs it around all services. Health and
+/// reflection pass unbudgeted: their requests are tiny, and a reflection
+/// stream would hold its charge for as long as it stays open.
+#[derive(Debug, Clone)]
+pub struct DecodeLimitsLayer {
+    budget: DecodeBudget,
+    limits: DecodeLimits,
+}
+
+impl DecodeLimitsLayer {
+    /// A layer charging `budget` and enforcing `limits` while decoding.
+    pub fn new(budget: DecodeBudget, limits: DecodeLimits) -> Self {
+        DecodeLimitsLayer { budget, limits }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for DecodeLimitsLayer {
+    type Service = DecodeLimitsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DecodeLimitsService {
+            inner,
+            budget: self.budget.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// The request paths [`DecodeLimitsLayer`] budgets: the `schakel.*` services.
+const BUDGETED_PATHS: &str = "/schakel.";
+
+/// See [`DecodeLimitsLayer`].
+#[derive(Debug, Clone)]
+pub struct DecodeLimitsService<S> {
+    inner: S,
+    budget: DecodeBudget,
+    limits: DecodeLimits,
+}
+
+impl<S, B> tower_service::Service<http::Request<tonic::body::Body>> for DecodeLimitsService<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if !request.uri().path().starts_with(BUDGETED_PATHS) {
+            return Box::pin(self.inner.call(request));
+        }
+        let charge = Arc::new(Charge {
+            budget: self.budget.clone(),
+            taken: AtomicUsize::new(0),
+        });
+        let body_charge = Arc::clone(&charge);
+        let request = request.map(|inner| {
+            tonic::body::Body::new(BudgetedBody {
+                inner,
+                charge: Some(body_charge),
+            })
+        });
+        let future = crate::codec::scope(self.limits, self.inner.call(request));
+        Box::pin(async move {
+            let response = future.await;
+            // The decoded request lived in the future: give its bytes back now.
+            drop(charge);
+            response
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +377,26 @@ mod tests {
             l.admit_at("x", Some("s"), 500, t0 + Duration::from_millis(500))
                 .unwrap(),
         );
+    }
+
+    #[test]
+    fn the_decode_budget_is_shared_and_given_back_per_request() {
+        let budget = DecodeBudget::new(100);
+        let charge = || Charge {
+            budget: budget.clone(),
+            taken: AtomicUsize::new(0),
+        };
+        let (first, second) = (charge(), charge());
+        assert!(first.take(60));
+        assert!(!first.take(41), "over the budget");
+        assert!(!second.take(41), "the budget is shared");
+        assert!(second.take(40));
+        assert_eq!(budget.in_use(), 100);
+        drop(first);
+        assert_eq!(budget.in_use(), 40, "a request gives back what it took");
+        drop(second);
+        assert_eq!(budget.in_use(), 0);
+        assert!(!charge().take(101), "more than the whole budget never fits");
     }
 
     #[test]
