@@ -13,24 +13,40 @@
 //!
 //! Closing makes reads of the connection end (EOF), so the HTTP/2 server ends it.
 //!
-//! Must not: decide who may call (it mirrors the interceptor's rules), or block
-//! the accept path. Called by `server::run` (wraps the incoming stream, starts
-//! the sweeper).
+//! It also keeps each connection's peer chain (DER) so that, after every
+//! successful TLS reload, [`Connections::reverify`] checks each open connection
+//! with the new client verifier (the handshake's webpki verification with the
+//! new CAs and CRLs, at now) and closes the ones that fail at once, each audited
+//! (`tls.connection_closed`, outcome the reason code from
+//! [`crate::tls::verify::refusal_code`]) and counted
+//! ([`TlsAcceptorHandle::count_closed`]). A connection whose handshake ran with
+//! older material but was tracked only after that check is verified when
+//! tracked.
+//!
+//! Must not: decide who may call (it mirrors the interceptor's rules and the
+//! handshake's verifier), or block the accept path (verification on tracking
+//! happens only for connections straddling a reload). Called by `server::run`
+//! (wraps the incoming stream, starts the sweeper) and the reloader
+//! (`reverify`).
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::store::{lock, Role, Store};
-use crate::tls::{PeerInfo, TlsConn};
+use crate::store::{lock, AuditEvent, Role, Store};
+use crate::tls::{verify::refusal_code, PeerInfo, TlsAcceptorHandle, TlsConn};
 
 /// The close signal of one connection.
 #[derive(Default)]
@@ -51,13 +67,41 @@ impl Closer {
 
 struct Entry {
     fingerprint: String,
+    remote_addr: SocketAddr,
+    /// The peer chain as presented at the handshake, end entity first.
+    chain: Arc<[CertificateDer<'static>]>,
     closer: Arc<Closer>,
+}
+
+/// The newest re-verification: the material generation it used and its verifier.
+type Verified = (u64, Arc<dyn ClientCertVerifier>);
+
+#[derive(Default)]
+struct Open {
+    conns: HashMap<u64, Entry>,
+    /// Set by [`Connections::reverify`]; read by `track` under the same lock.
+    verified: Option<Verified>,
 }
 
 #[derive(Default)]
 struct Inner {
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Entry>>,
+    open: Mutex<Open>,
+    /// Where closings are audited (none in unit tests).
+    store: Option<Store>,
+    /// Where closings are counted.
+    tls: Option<TlsAcceptorHandle>,
+}
+
+/// One connection closed by a re-verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedConn {
+    /// The certificate's fingerprint.
+    pub fingerprint: String,
+    /// The client's address.
+    pub remote_addr: SocketAddr,
+    /// Why, e.g. `CERTIFICATE_REVOKED_BY_CRL` or `CERTIFICATE_UNTRUSTED`.
+    pub code: &'static str,
 }
 
 /// The registry of open connections; cheap to clone.
@@ -69,7 +113,7 @@ pub struct Connections {
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
-            .field("open", &lock(&self.inner.open).len())
+            .field("open", &lock(&self.inner.open).conns.len())
             .finish()
     }
 }
@@ -80,17 +124,54 @@ impl Connections {
         Connections::default()
     }
 
-    /// Registers an accepted connection; it unregisters itself when dropped.
+    /// A registry that audits the connections it closes after a reload in `store`
+    /// and counts them in `tls` (the acceptor's handle, whose counts the metrics show).
+    pub fn audited(store: Store, tls: TlsAcceptorHandle) -> Connections {
+        Connections {
+            inner: Arc::new(Inner {
+                store: Some(store),
+                tls: Some(tls),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Registers an accepted connection; it unregisters itself when dropped. A
+    /// connection whose handshake used material older than the newest
+    /// re-verification is verified now, and closed at once if it fails.
     pub fn track(&self, conn: TlsConn) -> TrackedConn {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
-        lock(&self.inner.open).insert(
-            id,
-            Entry {
-                fingerprint: conn.peer().fingerprint.clone(),
-                closer: Arc::clone(&closer),
-            },
-        );
+        let chain: Arc<[CertificateDer<'static>]> = Arc::from(conn.peer_chain().to_vec());
+        let stale = {
+            let mut open = lock(&self.inner.open);
+            open.conns.insert(
+                id,
+                Entry {
+                    fingerprint: conn.peer().fingerprint.clone(),
+                    remote_addr: conn.peer().remote_addr,
+                    chain: Arc::clone(&chain),
+                    closer: Arc::clone(&closer),
+                },
+            );
+            open.verified
+                .as_ref()
+                .filter(|(generation, _)| conn.generation() < *generation)
+                .map(|(_, verifier)| Arc::clone(verifier))
+        };
+        if let Some(verifier) = stale {
+            if let Err(e) = verify_chain(verifier.as_ref(), &chain, SystemTime::now()) {
+                closer.close();
+                self.closed(
+                    ClosedConn {
+                        fingerprint: conn.peer().fingerprint.clone(),
+                        remote_addr: conn.peer().remote_addr,
+                        code: refusal_code(&e),
+                    },
+                    "accepted during a TLS reload",
+                );
+            }
+        }
         TrackedConn {
             conn,
             closer,
@@ -99,9 +180,81 @@ impl Connections {
         }
     }
 
+    /// Re-verifies every open connection's peer chain with the client verifier of
+    /// the material `tls` has in force now, at now, and closes (audited, counted)
+    /// the ones that fail. Blocking (audit writes): run it off the async workers.
+    /// Returns the connections closed. Does nothing when `tls` has no verifier.
+    pub fn reverify(&self, tls: &TlsAcceptorHandle, trigger: &str) -> Vec<ClosedConn> {
+        let (generation, Some(verifier)) = tls.verifier() else {
+            return Vec::new();
+        };
+        let snapshot: Vec<(String, SocketAddr, Arc<[CertificateDer<'static>]>, Arc<Closer>)> = {
+            let mut open = lock(&self.inner.open);
+            open.verified = Some((generation, Arc::clone(&verifier)));
+            open.conns
+                .values()
+                .map(|e| {
+                    (
+                        e.fingerprint.clone(),
+                        e.remote_addr,
+                        Arc::clone(&e.chain),
+                        Arc::clone(&e.closer),
+                    )
+                })
+                .collect()
+        };
+        let now = SystemTime::now();
+        let mut closed = Vec::new();
+        for (fingerprint, remote_addr, chain, closer) in snapshot {
+            if let Err(e) = verify_chain(verifier.as_ref(), &chain, now) {
+                closer.close();
+                let conn = ClosedConn {
+                    fingerprint,
+                    remote_addr,
+                    code: refusal_code(&e),
+                };
+                self.closed(conn.clone(), trigger);
+                closed.push(conn);
+            }
+        }
+        closed
+    }
+
+    /// Logs, counts and audits one connection closed by a re-verification.
+    fn closed(&self, conn: ClosedConn, trigger: &str) {
+        tracing::warn!(
+            fingerprint = %conn.fingerprint,
+            remote_addr = %conn.remote_addr,
+            code = conn.code,
+            trigger,
+            "closed a connection whose certificate no longer verifies with the TLS material in force"
+        );
+        if let Some(tls) = &self.inner.tls {
+            tls.count_closed(conn.code);
+        }
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        let identity = store.identity(&conn.fingerprint).ok().flatten();
+        let event = AuditEvent {
+            at: SystemTime::now(),
+            actor_fingerprint: conn.fingerprint.clone(),
+            actor: identity
+                .as_ref()
+                .map_or_else(|| "(not registered)".to_owned(), |i| i.name.clone()),
+            role: identity.as_ref().map(|i| i.role),
+            action: "tls.connection_closed".into(),
+            detail: format!("trigger={trigger} peer={}", conn.remote_addr),
+            outcome: conn.code.into(),
+        };
+        if let Err(e) = store.audit(event) {
+            tracing::error!(error = %e, "writing audit event");
+        }
+    }
+
     /// Open connections now.
     pub fn len(&self) -> usize {
-        lock(&self.inner.open).len()
+        lock(&self.inner.open).conns.len()
     }
 
     /// Whether no connection is open.
@@ -113,7 +266,7 @@ impl Connections {
     pub fn close(&self, fingerprint: &str) -> usize {
         let open = lock(&self.inner.open);
         let mut n = 0;
-        for entry in open.values().filter(|e| e.fingerprint == fingerprint) {
+        for entry in open.conns.values().filter(|e| e.fingerprint == fingerprint) {
             entry.closer.close();
             n += 1;
         }
@@ -122,6 +275,7 @@ impl Connections {
 
     fn fingerprints(&self) -> Vec<String> {
         let mut fps: Vec<String> = lock(&self.inner.open)
+            .conns
             .values()
             .map(|e| e.fingerprint.clone())
             .collect();
@@ -192,6 +346,21 @@ fn allowed(store: &Store, fingerprint: &str, now: SystemTime) -> bool {
     }
 }
 
+/// Runs the handshake's client verification of `chain` (end entity first) at `now`.
+fn verify_chain(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'static>],
+    now: SystemTime,
+) -> Result<(), rustls::Error> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(rustls::Error::NoCertificatesPresented);
+    };
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::since_unix_epoch(since_epoch))
+        .map(|_| ())
+}
+
 /// An accepted connection that can be closed from outside.
 pub struct TrackedConn {
     conn: TlsConn,
@@ -212,7 +381,7 @@ impl std::fmt::Debug for TrackedConn {
 
 impl Drop for TrackedConn {
     fn drop(&mut self) {
-        lock(&self.registry.open).remove(&self.id);
+        lock(&self.registry.open).conns.remove(&self.id);
     }
 }
 

@@ -305,10 +305,13 @@ async fn serve_once(
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
         crls: config.tls.crls.clone(),
+        crl_expired: config.tls.crl_expired,
     };
-    let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    let acceptor = TlsAcceptorHandle::from_material(&tls::server_material(&files)?);
     monitor.watch_tls(acceptor.clone());
-    let reloader = Reloader::new(files, acceptor.clone());
+    // Audits and counts the connections a TLS reload closes.
+    let connections = Connections::audited(store.clone(), acceptor.clone());
+    let reloader = Reloader::new(files, acceptor.clone()).with_connections(connections.clone());
     let limits = &config.limits;
     let accept_limits = AcceptLimits {
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
@@ -317,7 +320,6 @@ async fn serve_once(
     };
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connections = Connections::new();
     let tracked = connections.clone();
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone())
         .map(move |conn| conn.map(|c| tracked.track(c)));

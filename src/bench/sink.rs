@@ -80,6 +80,7 @@ pub async fn serve(mode: SinkMode, config: PathBuf) -> Result<(), BenchError> {
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
         crls: config.tls.crls.clone(),
+        crl_expired: config.tls.crl_expired,
     };
     let server_config = tls::server_config(&files).map_err(|e| BenchError::Setup(e.to_string()))?;
     let file = match mode {

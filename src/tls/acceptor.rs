@@ -18,11 +18,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -30,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{describe, PeerInfo};
+use super::{describe, CrlInfo, PeerInfo, TlsMaterial};
 
 /// Shortest pause after a transient accept error (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -42,11 +45,26 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Cheap to clone; all clones share the one current config.
 #[derive(Clone)]
 pub struct TlsAcceptorHandle {
-    /// The config new handshakes start with. A std lock: held only to clone or replace the
-    /// `Arc`, never across an `.await`.
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The material new handshakes start with. A std lock: held only to clone or replace
+    /// it, never across an `.await`.
+    current: Arc<RwLock<Current>>,
     /// Outcomes of the handshakes run with this handle, since it was made.
     outcomes: Arc<HandshakeCounters>,
+    /// Open connections closed because their chain no longer verified, by reason code.
+    closed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+}
+
+/// What new handshakes use now.
+#[derive(Clone)]
+struct Current {
+    config: Arc<ServerConfig>,
+    /// The client verifier inside `config`, when known (built by [`super::server_material`]).
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The CRLs in force.
+    crls: Arc<[CrlInfo]>,
+    /// Counts the swaps: a connection whose handshake used an older generation than the
+    /// newest re-verification is re-verified when it is tracked.
+    generation: u64,
 }
 
 /// Handshake outcomes since the acceptor started.
@@ -81,9 +99,76 @@ impl TlsAcceptorHandle {
     /// A handle serving `config` until the first [`swap`](Self::swap).
     pub fn new(config: Arc<ServerConfig>) -> Self {
         Self {
-            current: Arc::new(RwLock::new(config)),
+            current: Arc::new(RwLock::new(Current {
+                config,
+                verifier: None,
+                crls: Arc::from(Vec::new()),
+                generation: 0,
+            })),
             outcomes: Arc::default(),
+            closed: Arc::default(),
         }
+    }
+
+    /// A handle serving `material` until the first swap or [`install`](Self::install).
+    pub fn from_material(material: &TlsMaterial) -> Self {
+        let handle = Self::new(material.config.clone());
+        handle.install(material);
+        handle
+    }
+
+    /// Puts `material` in force for every handshake that starts from now on (as
+    /// [`swap`](Self::swap)), keeping its verifier for [`verifier`](Self::verifier) and its
+    /// CRL summaries for [`crls`](Self::crls).
+    pub fn install(&self, material: &TlsMaterial) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Current {
+            config: material.config.clone(),
+            verifier: Some(material.verifier.clone()),
+            crls: Arc::from(material.crls.clone()),
+            generation: current.generation + 1,
+        };
+    }
+
+    /// The generation of the material in force and its client verifier (`None` when it was
+    /// put in force with a bare config by [`new`](Self::new) or [`swap`](Self::swap)).
+    pub fn verifier(&self) -> (u64, Option<Arc<dyn ClientCertVerifier>>) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.generation, current.verifier.clone())
+    }
+
+    /// The CRLs in force (empty without CRLs, or after a bare [`swap`](Self::swap)).
+    pub fn crls(&self) -> Arc<[CrlInfo]> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crls
+            .clone()
+    }
+
+    /// Counts one open connection closed because its chain no longer verified.
+    pub fn count_closed(&self, code: &'static str) {
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// Open connections closed after a re-verification, by reason code, since start.
+    pub fn closed_counts(&self) -> Vec<(&'static str, u64)> {
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    fn current_with_generation(&self) -> (Arc<ServerConfig>, u64) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.config.clone(), current.generation)
     }
 
     /// Handshake outcomes so far (all clones share them).
@@ -101,16 +186,19 @@ impl TlsAcceptorHandle {
     /// and open connections keep the config they started with. Build `config` with
     /// [`super::server_config`], which validates it, before swapping.
     pub fn swap(&self, config: Arc<ServerConfig>) {
-        // A poisoned lock still holds a whole `Arc`: nothing can be half-written.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        // A poisoned lock still holds a whole value: nothing can be half-written.
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Current {
+            config,
+            verifier: None,
+            crls: Arc::from(Vec::new()),
+            generation: current.generation + 1,
+        };
     }
 
     /// The config new handshakes use now.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current_with_generation().0
     }
 }
 
@@ -143,6 +231,8 @@ impl Default for AcceptLimits {
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// The [`TlsAcceptorHandle`] generation whose config ran the handshake.
+    generation: u64,
     /// One of `AcceptLimits::max_connections` permits, held for the connection's lifetime and
     /// released on drop, so the accept loop stops accepting while the server is full.
     _permit: OwnedSemaphorePermit,
@@ -160,6 +250,16 @@ impl TlsConn {
     /// The client's identity as verified at the handshake.
     pub fn peer(&self) -> &PeerInfo {
         &self.peer
+    }
+
+    /// The client's certificate chain as presented at the handshake (end entity first).
+    pub fn peer_chain(&self) -> &[CertificateDer<'static>] {
+        self.stream.get_ref().1.peer_certificates().unwrap_or(&[])
+    }
+
+    /// The generation of the acceptor's material that ran the handshake.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The negotiated TLS protocol version.
@@ -313,7 +413,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
 
-        let config = acceptor.current();
+        let (config, generation) = acceptor.current_with_generation();
         let outcomes = Arc::clone(&acceptor.outcomes);
         let timeout = limits.handshake_timeout;
         let tx = tx.clone();
@@ -338,6 +438,7 @@ async fn accept_loop(
                     let conn = TlsConn {
                         stream,
                         peer,
+                        generation,
                         _permit: conn_permit,
                     };
                     // Fails only if the server stopped listening; the connection is dropped.
@@ -446,6 +547,7 @@ mod tests {
             key: write(dir.path(), "server.key", &key),
             client_ca: write(dir.path(), "ca.pem", &ca.cert_pem()),
             crls: vec![],
+            crl_expired: crate::tls::CrlExpiredPolicy::Warn,
         };
         Pki { dir, ca, files }
     }

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -145,32 +146,163 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     load_key_as("reading private key", path)
 }
 
-/// Reads every CRL in each of the PEM files, checking that each one parses as a CRL.
+/// What the gateway does with a CRL past its nextUpdate (`tls.crl_expired`).
+///
+/// Either way the expiry is reported: a WARN in the log at every (re)load, the
+/// `schakel_crl_expired{file}` metric and a line on the status page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpiredPolicy {
+    /// Keep using the stale CRL (its entries still count) and report it. The default: a
+    /// late CRL publication must not lock every supplier out.
+    #[default]
+    Warn,
+    /// Refuse client certificates whose revocation status comes from an expired CRL, at
+    /// the handshake and when open connections are re-verified.
+    Refuse,
+}
+
+/// One CRL in force, summarised for logs, metrics and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// The CRL number, lowercase hex.
+    pub number: String,
+    /// thisUpdate.
+    pub this_update: SystemTime,
+    /// nextUpdate, when the CRL has one.
+    pub next_update: Option<SystemTime>,
+    /// Number of revoked serials listed.
+    pub revoked: usize,
+}
+
+impl CrlInfo {
+    /// Whether the CRL is past its nextUpdate at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.next_update.is_some_and(|next| now > next)
+    }
+}
+
+/// Reads every CRL in each of the PEM files, checking that each one parses as a CRL the
+/// verifier can use (version 2, with a CRL number).
 ///
 /// # Errors
-/// [`TlsError::Io`] if a file cannot be read, [`TlsError::Invalid`] naming the file if its PEM
-/// is malformed, it holds no CRL, or a CRL does not parse.
+/// [`TlsError::Io`] if a file cannot be read, [`TlsError::Invalid`] naming the file and saying
+/// what is wrong: not PEM, no CRL in it (e.g. a certificate), not an X.509 CRL, a version 1
+/// CRL, no CRL number extension.
 pub fn load_crls(
     paths: &[PathBuf],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    Ok(load_crl_files(paths, None)?
+        .into_iter()
+        .map(|(der, _)| der)
+        .collect())
+}
+
+/// [`load_crls`], and with `cas` (the client CA bundle and its path) also: each CRL's issuer
+/// is a CA in the bundle, that CA may sign CRLs, and the CRL's signature verifies with its key.
+fn load_crl_files(
+    paths: &[PathBuf],
+    cas: Option<(&[CertificateDer<'static>], &Path)>,
+) -> Result<Vec<(CertificateRevocationListDer<'static>, CrlInfo)>, TlsError> {
     const ACTION: &str = "reading CRL";
     let mut crls = Vec::new();
     for path in paths {
         let pem = read_file(ACTION, path)?;
         let found = CertificateRevocationListDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid(ACTION, path, format!("invalid PEM: {e}")))?;
+            .map_err(|e| invalid(ACTION, path, format!("not valid PEM: {e}")))?;
         if found.is_empty() {
-            return Err(invalid(ACTION, path, "no CRLs found"));
+            let why = if CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok()) {
+                "no CRL found: the file holds a certificate, not a CRL \
+                 (expected -----BEGIN X509 CRL-----)"
+            } else {
+                "no CRL found (expected PEM blocks -----BEGIN X509 CRL-----)"
+            };
+            return Err(invalid(ACTION, path, why));
         }
-        for (i, crl) in found.iter().enumerate() {
-            x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
-                invalid(ACTION, path, format!("CRL #{} does not parse: {e}", i + 1))
-            })?;
+        for (i, der) in found.into_iter().enumerate() {
+            let info = check_crl(der.as_ref(), path, cas)
+                .map_err(|why| invalid(ACTION, path, format!("CRL #{}: {why}", i + 1)))?;
+            crls.push((der, info));
         }
-        crls.extend(found);
     }
     Ok(crls)
+}
+
+/// Why one DER CRL cannot be used, in words; else its summary.
+fn check_crl(
+    der: &[u8],
+    path: &Path,
+    cas: Option<(&[CertificateDer<'static>], &Path)>,
+) -> Result<CrlInfo, String> {
+    use x509_parser::prelude::FromDer;
+    let (rest, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+        .map_err(|e| format!("not an X.509 CRL ({e})"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after the CRL", rest.len()));
+    }
+    let issuer = crl.issuer().to_string();
+    if crl.version() != Some(x509_parser::x509::X509Version::V2) {
+        return Err(format!(
+            "issued by {issuer} is a version 1 CRL; the verifier needs a version 2 CRL \
+             with a CRL number extension (RFC 5280 5.2.3)"
+        ));
+    }
+    let Some(number) = crl.crl_number() else {
+        return Err(format!(
+            "issued by {issuer} has no CRL number extension (RFC 5280 5.2.3), which the \
+             verifier requires; have the CA publish it with a CRL number"
+        ));
+    };
+    let number = number.to_bytes_be();
+    if number.len() > 20 {
+        return Err(format!(
+            "issued by {issuer} has a CRL number longer than 20 octets (RFC 5280 5.2.3)"
+        ));
+    }
+    if let Some((bundle, bundle_path)) = cas {
+        let ca = bundle.iter().find_map(|ca| {
+            let (_, cert) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+            (cert.subject().as_raw() == crl.issuer().as_raw()).then_some(cert)
+        });
+        let Some(ca) = ca else {
+            return Err(format!(
+                "issued by {issuer}, which is not a CA in the client CA bundle {}; add the \
+                 issuing CA to the bundle or remove the CRL",
+                bundle_path.display()
+            ));
+        };
+        if let Ok(Some(usage)) = ca.key_usage() {
+            if !usage.value.crl_sign() {
+                return Err(format!(
+                    "issued by {issuer}, whose CA certificate in {} may not sign CRLs \
+                     (no cRLSign key usage)",
+                    bundle_path.display()
+                ));
+            }
+        }
+        crl.verify_signature(ca.public_key()).map_err(|e| {
+            format!(
+                "the signature does not verify with the key of {issuer} in the client CA \
+                 bundle {} ({e}): the CRL was signed by another CA or was altered",
+                bundle_path.display()
+            )
+        })?;
+    }
+    Ok(CrlInfo {
+        file: path.to_path_buf(),
+        issuer,
+        number: hex::encode(&number),
+        this_update: unix_to_system_time(crl.last_update().timestamp()),
+        next_update: crl
+            .next_update()
+            .map(|t| unix_to_system_time(t.timestamp())),
+        revoked: crl.iter_revoked_certificates().count(),
+    })
 }
 
 /// SHA-256 of the DER certificate, lowercase hex (64 chars).
@@ -285,17 +417,57 @@ pub struct ServerTlsFiles {
     pub client_ca: PathBuf,
     /// CRLs (PEM) checked against client certificates; may be empty.
     pub crls: Vec<PathBuf>,
+    /// What to do with a CRL past its nextUpdate.
+    pub crl_expired: CrlExpiredPolicy,
+}
+
+/// Everything [`server_material`] built from the files, validated as a whole.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// The server config new handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// The client certificate verifier inside `config`, kept to re-verify the chains of
+    /// open connections after a reload.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The server certificate presented.
+    pub server: CertInfo,
+    /// Certificates in the client CA bundle.
+    pub client_cas: usize,
+    /// The CRLs in force.
+    pub crls: Vec<CrlInfo>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("server", &self.server)
+            .field("client_cas", &self.client_cas)
+            .field("crls", &self.crls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds the server config: TLS 1.3 and 1.2 only (explicit protocol versions), ring provider,
 /// client certificate REQUIRED and verified against the client CA bundle (WebPkiClientVerifier,
 /// with the CRLs if any), ALPN "h2", the key must match the certificate, and the server
 /// certificate must be currently valid (not expired / not yet valid) -> else an error.
+/// See [`server_material`] for revocation.
 ///
-/// Revocation: with CRLs, the client's end-entity certificate is checked (not its
-/// intermediates), and a client whose issuer has no CRL among them is refused (unknown
-/// revocation status is an error). A CRL past its nextUpdate is still used. Without CRLs no
-/// revocation check is made.
+/// # Errors
+/// As [`server_material`].
+pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_material(files).map(|m| m.config)
+}
+
+/// [`server_config`], with the client verifier and summaries of what it put in force.
+///
+/// Revocation: with CRLs, every certificate of the client's chain below the trust anchor is
+/// checked (the end entity and its intermediates), and a certificate whose issuer has no CRL
+/// among them is refused (unknown revocation status is an error, as in Envoy: once CRLs are
+/// configured, every CA of a chain needs one). A CRL past its nextUpdate is used and reported
+/// ([`CrlExpiredPolicy::Warn`]) or makes the certificates it covers refused
+/// ([`CrlExpiredPolicy::Refuse`]). Without CRLs no revocation check is made. Each CRL must be
+/// issued by a CA in the client CA bundle and verify with its key.
 ///
 /// Any RSA (2048..8192 bits) or ECDSA (P-256, P-384) client certificate chaining to the bundle
 /// is accepted; the client's identity is read from it by the acceptor ([`PeerInfo`]).
@@ -303,9 +475,9 @@ pub struct ServerTlsFiles {
 /// # Errors
 /// [`TlsError::Io`] / [`TlsError::Invalid`] naming the file that is missing, unreadable, empty,
 /// malformed, a key that does not match the certificate, a server certificate that is expired
-/// or not yet valid, a CA bundle rustls cannot use as trust anchors; [`TlsError::Config`] if
-/// rustls refuses the protocol versions.
-pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// or not yet valid, a CA bundle rustls cannot use as trust anchors, a CRL that cannot be used
+/// (saying why); [`TlsError::Config`] if rustls refuses the protocol versions.
+pub fn server_material(files: &ServerTlsFiles) -> Result<TlsMaterial, TlsError> {
     const CERT: &str = "reading server certificate";
     const KEY: &str = "reading server key";
     const CA: &str = "reading client CA bundle";
@@ -316,9 +488,10 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
     check_validity(&leaf, SystemTime::now())
         .map_err(|reason| invalid("checking server certificate", &files.cert, reason))?;
 
+    let cas = load_certs_as(CA, &files.client_ca)?;
     let mut roots = RootCertStore::empty();
-    for (i, ca) in load_certs_as(CA, &files.client_ca)?.into_iter().enumerate() {
-        roots.add(ca).map_err(|e| {
+    for (i, ca) in cas.iter().enumerate() {
+        roots.add(ca.clone()).map_err(|e| {
             invalid(
                 CA,
                 &files.client_ca,
@@ -326,27 +499,42 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             )
         })?;
     }
-    let crls = load_crls(&files.crls)?;
+    let (crls, crl_infos): (Vec<_>, Vec<_>) =
+        load_crl_files(&files.crls, Some((&cas, &files.client_ca)))?
+            .into_iter()
+            .unzip();
+    let now = SystemTime::now();
+    for crl in crl_infos.iter().filter(|c| c.expired_at(now)) {
+        tracing::warn!(
+            file = %crl.file.display(),
+            issuer = %crl.issuer,
+            next_update = %format_time(crl.next_update),
+            policy = ?files.crl_expired,
+            "CRL is past its nextUpdate: publish a fresh one"
+        );
+    }
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .only_check_end_entity_revocation()
-        .build()
-        .map_err(|e| {
-            invalid(
-                "building the client certificate verifier from",
-                &files.client_ca,
-                e,
-            )
-        })?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls);
+    if files.crl_expired == CrlExpiredPolicy::Refuse {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let verifier = builder.build().map_err(|e| {
+        invalid(
+            "building the client certificate verifier from",
+            &files.client_ca,
+            e,
+        )
+    })?;
 
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config {
             reason: e.to_string(),
         })?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => invalid(
@@ -360,7 +548,21 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             e => invalid(KEY, &files.key, e),
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    Ok(TlsMaterial {
+        config: Arc::new(config),
+        verifier,
+        server: leaf,
+        client_cas: cas.len(),
+        crls: crl_infos,
+    })
+}
+
+/// RFC 3339 (seconds), or "none".
+pub fn format_time(t: Option<SystemTime>) -> String {
+    t.map_or_else(
+        || "none".to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
 }
 
 /// `Err(reason)` unless `now` lies within the certificate's validity.
@@ -417,6 +619,7 @@ mod tests {
             key: dir.join("server.key"),
             client_ca: dir.join("ca.pem"),
             crls: vec![],
+            crl_expired: CrlExpiredPolicy::Warn,
         }
     }
 
