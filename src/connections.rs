@@ -31,9 +31,9 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -188,7 +188,12 @@ impl Connections {
         let (generation, Some(verifier)) = tls.verifier() else {
             return Vec::new();
         };
-        let snapshot: Vec<(String, SocketAddr, Arc<[CertificateDer<'static>]>, Arc<Closer>)> = {
+        let snapshot: Vec<(
+            String,
+            SocketAddr,
+            Arc<[CertificateDer<'static>]>,
+            Arc<Closer>,
+        )> = {
             let mut open = lock(&self.inner.open);
             open.verified = Some((generation, Arc::clone(&verifier)));
             open.conns

@@ -84,6 +84,8 @@ struct PageData {
     expiring: Vec<Identity>,
     /// Handshakes refused for their client certificate since start.
     tls_refused: Option<u64>,
+    /// CRL files in force past their nextUpdate: (file, nextUpdate).
+    expired_crls: Vec<(String, String)>,
 }
 
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
@@ -107,6 +109,17 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
         dead_letters: store.dead_letter_count()?,
         expiring,
         tls_refused: monitor.handshake_counts().map(|h| h.rejected),
+        expired_crls: monitor
+            .crls()
+            .into_iter()
+            .filter(|c| c.expired_at(now))
+            .map(|c| {
+                (
+                    c.file.display().to_string(),
+                    crate::tls::format_time(c.next_update),
+                )
+            })
+            .collect(),
     })
 }
 
@@ -200,6 +213,15 @@ fn render(d: &PageData) -> String {
             "<div class=\"card\" id=\"tls-refused\">Certificates refused at TLS (since start)\
              <b class=\"{}\">{refused}</b></div>",
             if refused > 0 { "bad" } else { "ok" },
+        );
+    }
+    for (file, next_update) in &d.expired_crls {
+        let _ = write!(
+            h,
+            "<div class=\"card\" id=\"crl-expired\">CRL past its nextUpdate ({})\
+             <b class=\"bad\">{}</b></div>",
+            esc(next_update),
+            esc(file),
         );
     }
     h.push_str("</div>");

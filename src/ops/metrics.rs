@@ -43,6 +43,8 @@ pub struct Metrics {
     supplier_last_batch: GaugeVec,
     suppliers_overdue: IntGauge,
     tls_handshakes: IntCounterVec,
+    tls_connections_closed: IntCounterVec,
+    crl_expired: IntGaugeVec,
 }
 
 /// What a scrape reads from the store.
@@ -56,6 +58,10 @@ pub struct Snapshot {
     pub store_bytes: Option<u64>,
     /// `None` when the gateway's TLS acceptor is not attached (a bare monitor).
     pub handshakes: Option<HandshakeCounts>,
+    /// Open connections closed by a TLS re-verification, by reason code.
+    pub tls_closed: Vec<(&'static str, u64)>,
+    /// The CRLs in force: (file, past its nextUpdate now).
+    pub crls: Vec<(String, bool)>,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -180,6 +186,20 @@ impl Metrics {
              an old version, a reset), timeout.",
             &["outcome"],
         )?;
+        let tls_connections_closed = counter_vec(
+            "schakel_tls_connections_closed_total",
+            "Open connections closed because their client chain no longer verified with the \
+             TLS material in force (after a reload), by reason code.",
+            &["reason"],
+        )?;
+        let crl_expired = IntGaugeVec::new(
+            Opts::new(
+                "schakel_crl_expired",
+                "1 when the CRL file in force is past its nextUpdate (see tls.crl_expired).",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(crl_expired.clone()))?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,
@@ -202,6 +222,8 @@ impl Metrics {
             supplier_last_batch,
             suppliers_overdue,
             tls_handshakes,
+            tls_connections_closed,
+            crl_expired,
         })
     }
 
@@ -271,6 +293,18 @@ impl Metrics {
             ] {
                 follow(&self.tls_handshakes.with_label_values(&[outcome]), value);
             }
+        }
+        for (reason, value) in &snap.tls_closed {
+            follow(
+                &self.tls_connections_closed.with_label_values(&[*reason]),
+                *value,
+            );
+        }
+        self.crl_expired.reset();
+        for (file, expired) in &snap.crls {
+            self.crl_expired
+                .with_label_values(&[file.as_str()])
+                .set(i64::from(*expired));
         }
         self.queue_depth.set(clamp(snap.queue.depth));
         self.queue_leased.set(clamp(snap.queue.leased));

@@ -14,11 +14,11 @@
 //! Called by: the server (`Server::serve_with_incoming_shutdown(svc, incoming(..), signal)`),
 //! the reloader (`TlsAcceptorHandle::swap`), and tests.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;

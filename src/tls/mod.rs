@@ -265,33 +265,46 @@ fn check_crl(
         ));
     }
     if let Some((bundle, bundle_path)) = cas {
-        let ca = bundle.iter().find_map(|ca| {
-            let (_, cert) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
-            (cert.subject().as_raw() == crl.issuer().as_raw()).then_some(cert)
-        });
-        let Some(ca) = ca else {
-            return Err(format!(
-                "issued by {issuer}, which is not a CA in the client CA bundle {}; add the \
-                 issuing CA to the bundle or remove the CRL",
-                bundle_path.display()
-            ));
-        };
-        if let Ok(Some(usage)) = ca.key_usage() {
-            if !usage.value.crl_sign() {
-                return Err(format!(
-                    "issued by {issuer}, whose CA certificate in {} may not sign CRLs \
-                     (no cRLSign key usage)",
-                    bundle_path.display()
-                ));
+        // Of the CAs of that name (two may share one), the one whose key signed the CRL.
+        let named: Vec<_> = bundle
+            .iter()
+            .filter_map(|ca| {
+                let (_, cert) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+                (cert.subject().as_raw() == crl.issuer().as_raw()).then_some(cert)
+            })
+            .collect();
+        let ca = named
+            .iter()
+            .find(|ca| crl.verify_signature(ca.public_key()).is_ok())
+            .or(named.first());
+        match ca {
+            // An intermediate CA the clients send: webpki checks the signature at use.
+            None => tracing::info!(
+                file = %path.display(),
+                %issuer,
+                "CRL issuer is not in the client CA bundle: it applies to chains through \
+                 an intermediate CA of that name; its signature is checked at the handshake"
+            ),
+            Some(ca) => {
+                if let Ok(Some(usage)) = ca.key_usage() {
+                    if !usage.value.crl_sign() {
+                        return Err(format!(
+                            "issued by {issuer}, whose CA certificate in {} may not sign \
+                             CRLs (no cRLSign key usage)",
+                            bundle_path.display()
+                        ));
+                    }
+                }
+                crl.verify_signature(ca.public_key()).map_err(|e| {
+                    format!(
+                        "the signature does not verify with the key of {issuer} in the \
+                         client CA bundle {} ({e}): the CRL was signed by another CA of \
+                         that name or was altered",
+                        bundle_path.display()
+                    )
+                })?;
             }
         }
-        crl.verify_signature(ca.public_key()).map_err(|e| {
-            format!(
-                "the signature does not verify with the key of {issuer} in the client CA \
-                 bundle {} ({e}): the CRL was signed by another CA or was altered",
-                bundle_path.display()
-            )
-        })?;
     }
     Ok(CrlInfo {
         file: path.to_path_buf(),
