@@ -138,6 +138,18 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Connections from one IP address at once (in handshake or open); more are
+    /// closed at accept.
+    pub max_connections_per_address: usize,
+    /// TLS handshakes in progress from one IP address; more are closed at accept.
+    pub max_handshakes_per_address: usize,
+    /// Open connections per client certificate; more are closed after the handshake.
+    pub max_connections_per_certificate: usize,
+    /// A connection older than this gets a graceful GOAWAY (calls in flight
+    /// finish, within `max_connection_age_grace_secs`); 0 = no limit.
+    pub max_connection_age_secs: u64,
+    /// How long calls in flight get after the GOAWAY of `max_connection_age_secs`.
+    pub max_connection_age_grace_secs: u64,
     /// Requests in progress at once per connection.
     pub max_concurrent_requests_per_connection: usize,
     /// Seconds the server waits for requests in flight at shutdown.
@@ -264,6 +276,11 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             max_handshakes: 256,
             max_connections: 1_024,
+            max_connections_per_address: 256,
+            max_handshakes_per_address: 32,
+            max_connections_per_certificate: 64,
+            max_connection_age_secs: 3_600,
+            max_connection_age_grace_secs: 60,
             max_concurrent_requests_per_connection: 64,
             shutdown_grace_secs: 20,
             max_in_flight_per_identity: 16,
@@ -431,6 +448,18 @@ impl Config {
             ),
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_address",
+                l.max_connections_per_address,
+            ),
+            (
+                "limits.max_handshakes_per_address",
+                l.max_handshakes_per_address,
+            ),
+            (
+                "limits.max_connections_per_certificate",
+                l.max_connections_per_certificate,
+            ),
             (
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection,

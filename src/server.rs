@@ -317,6 +317,9 @@ async fn serve_once(
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
         max_handshakes: limits.max_handshakes,
         max_connections: limits.max_connections,
+        max_connections_per_address: limits.max_connections_per_address,
+        max_handshakes_per_address: limits.max_handshakes_per_address,
+        max_connections_per_certificate: limits.max_connections_per_certificate,
     };
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -362,10 +365,17 @@ async fn serve_once(
     )
     .max_decoding_message_size(max_bytes)
     .max_encoding_message_size(max_bytes);
-    let router = Server::builder()
+    let mut server = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if limits.max_connection_age_secs > 0 {
+        // A graceful GOAWAY: calls in flight finish, the client reconnects.
+        server = server
+            .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(limits.max_connection_age_grace_secs));
+    }
+    let router = server
         .add_service(InterceptedService::new(
             intake,
             Authorize::new(store.clone(), Role::Supplier, "Intake"),

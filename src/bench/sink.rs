@@ -99,6 +99,7 @@ pub async fn serve(mode: SinkMode, config: PathBuf) -> Result<(), BenchError> {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         max_handshakes: config.limits.max_handshakes,
         max_connections: config.limits.max_connections,
+        ..AcceptLimits::default()
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
     let incoming = tls::incoming(

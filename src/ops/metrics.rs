@@ -183,7 +183,8 @@ impl Metrics {
             "schakel_tls_handshakes_total",
             "TLS handshakes on the gRPC port, by outcome: ok, rejected (client certificate \
              missing, from an unknown CA, expired, not yet valid or in a CRL), failed (not TLS, \
-             an old version, a reset), timeout.",
+             an old version, a reset), timeout, limited (closed by a per-address or \
+             per-certificate connection cap).",
             &["outcome"],
         )?;
         let tls_connections_closed = counter_vec(
@@ -290,6 +291,7 @@ impl Metrics {
                 ("rejected", h.rejected),
                 ("failed", h.failed),
                 ("timeout", h.timed_out),
+                ("limited", h.limited),
             ] {
                 follow(&self.tls_handshakes.with_label_values(&[outcome]), value);
             }

@@ -1,7 +1,8 @@
 //! The TLS accept loop that feeds tonic authenticated connections.
 //!
 //! Owns: accepting TCP connections, running each TLS handshake in its own task under a
-//! timeout and a concurrency cap, limiting open connections, turning the verified client
+//! timeout and a concurrency cap, limiting open connections (in all, per client IP address,
+//! handshakes per IP address, and per client certificate: [`AcceptLimits`]), turning the verified client
 //! certificate into a [`PeerInfo`], the reloadable handle to the current server config
 //! ([`TlsAcceptorHandle`]), and the counts of handshake outcomes ([`HandshakeCounts`]) that
 //! the metrics show.
@@ -14,8 +15,10 @@
 //! Called by: the server (`Server::serve_with_incoming_shutdown(svc, incoming(..), signal)`),
 //! the reloader (`TlsAcceptorHandle::swap`), and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +82,9 @@ pub struct HandshakeCounts {
     pub failed: u64,
     /// Not finished within the handshake timeout.
     pub timed_out: u64,
+    /// Closed by a per-address or per-certificate cap ([`AcceptLimits`]): at accept,
+    /// before any handshake, or right after it.
+    pub limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +93,7 @@ struct HandshakeCounters {
     rejected: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    limited: AtomicU64,
 }
 
 impl std::fmt::Debug for TlsAcceptorHandle {
@@ -179,6 +186,7 @@ impl TlsAcceptorHandle {
             rejected: o.rejected.load(Ordering::Relaxed),
             failed: o.failed.load(Ordering::Relaxed),
             timed_out: o.timed_out.load(Ordering::Relaxed),
+            limited: o.limited.load(Ordering::Relaxed),
         }
     }
 
@@ -212,6 +220,17 @@ pub struct AcceptLimits {
     /// Open authenticated connections (default 1024); beyond it, accepting waits, so new
     /// clients queue in the kernel's listen backlog.
     pub max_connections: usize,
+    /// Connections from one IP address at once, in handshake or open (default 256); a new
+    /// one beyond it is closed at once, before its handshake.
+    pub max_connections_per_address: usize,
+    /// Handshakes in progress from one IP address (default 32); a new connection beyond it
+    /// is closed at once, so silent sockets from one address cannot take all the
+    /// `max_handshakes` slots.
+    pub max_handshakes_per_address: usize,
+    /// Open connections per client certificate (default 64); a new one beyond it is closed
+    /// right after its handshake, so one certificate (registered or not) cannot take all
+    /// the `max_connections` slots.
+    pub max_connections_per_certificate: usize,
 }
 
 impl Default for AcceptLimits {
@@ -220,6 +239,58 @@ impl Default for AcceptLimits {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            max_handshakes_per_address: 32,
+            max_connections_per_certificate: 64,
+        }
+    }
+}
+
+/// Counts per key (an IP address, a certificate fingerprint) with a cap.
+struct Tally<K> {
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> Tally<K> {
+    fn new() -> Arc<Self> {
+        Arc::new(Tally {
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more for `key` unless it has `max` already; released when the guard drops.
+    fn acquire(self: &Arc<Self>, key: K, max: usize) -> Option<TallyGuard<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(TallyGuard {
+            tally: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One counted item of a [`Tally`]; counted down on drop.
+struct TallyGuard<K: Hash + Eq> {
+    tally: Arc<Tally<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for TallyGuard<K> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .tally
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }
@@ -236,6 +307,10 @@ pub struct TlsConn {
     /// One of `AcceptLimits::max_connections` permits, held for the connection's lifetime and
     /// released on drop, so the accept loop stops accepting while the server is full.
     _permit: OwnedSemaphorePermit,
+    /// Counts this connection against its IP address's cap.
+    _address: TallyGuard<IpAddr>,
+    /// Counts this connection against its certificate's cap.
+    _certificate: TallyGuard<String>,
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -362,6 +437,9 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let handshake_slots = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
+    let per_address = Tally::<IpAddr>::new();
+    let handshakes_per_address = Tally::<IpAddr>::new();
+    let per_certificate = Tally::<String>::new();
     // Owns the handshake tasks, so that ending the loop aborts them (and their senders).
     let mut handshakes: JoinSet<()> = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -411,15 +489,31 @@ async fn accept_loop(
                 continue;
             }
         };
+        let ip = remote_addr.ip();
+        let guards = per_address
+            .acquire(ip, limits.max_connections_per_address)
+            .and_then(|conn| {
+                let hs = handshakes_per_address.acquire(ip, limits.max_handshakes_per_address)?;
+                Some((conn, hs))
+            });
+        let Some((address_guard, hs_address_guard)) = guards else {
+            acceptor.outcomes.limited.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote_addr, "connection closed: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
 
         let (config, generation) = acceptor.current_with_generation();
         let outcomes = Arc::clone(&acceptor.outcomes);
         let timeout = limits.handshake_timeout;
+        let max_per_certificate = limits.max_connections_per_certificate;
+        let per_certificate = Arc::clone(&per_certificate);
         let tx = tx.clone();
         handshakes.spawn(async move {
             let result = tokio::time::timeout(timeout, handshake(config, tcp, remote_addr)).await;
             drop(hs_permit);
+            drop(hs_address_guard);
             let counter = match &result {
                 Ok(Ok(_)) => &outcomes.ok,
                 Ok(Err(HandshakeError::Rejected(_))) => &outcomes.rejected,
@@ -429,6 +523,17 @@ async fn accept_loop(
             counter.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(Ok((stream, peer))) => {
+                    let Some(certificate_guard) =
+                        per_certificate.acquire(peer.fingerprint.clone(), max_per_certificate)
+                    else {
+                        outcomes.limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            remote_addr = %peer.remote_addr,
+                            fingerprint = %peer.fingerprint,
+                            "connection closed: too many open with this certificate"
+                        );
+                        return;
+                    };
                     tracing::debug!(
                         remote_addr = %peer.remote_addr,
                         subject = %peer.subject,
@@ -440,6 +545,8 @@ async fn accept_loop(
                         peer,
                         generation,
                         _permit: conn_permit,
+                        _address: address_guard,
+                        _certificate: certificate_guard,
                     };
                     // Fails only if the server stopped listening; the connection is dropped.
                     let _ = tx.send(Ok(conn)).await;
