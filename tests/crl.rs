@@ -399,7 +399,7 @@ async fn an_unusable_crl_is_refused_at_reload_saying_why_and_the_old_material_st
             server.ca.cert_pem(),
             "the file holds a certificate, not a CRL",
         ),
-        ("garbage".to_owned(), "no CRL found"),
+        ("garbage".to_owned(), "no CRLs found"),
         (
             foreign.crl_pem(&[]).unwrap(),
             "the signature does not verify with the key of",

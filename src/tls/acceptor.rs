@@ -982,6 +982,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn per_certificate_and_per_address_caps_close_the_excess_at_once() {
+        let pki = pki();
+        let limits = AcceptLimits {
+            max_connections_per_certificate: 1,
+            max_handshakes_per_address: 1,
+            ..AcceptLimits::default()
+        };
+        let (addr, mut incoming, handle, _stop) =
+            start(server_config(&pki.files).unwrap(), limits).await;
+        let client = pki
+            .ca
+            .client_cert("supplier-a", &ClientCertOptions::default())
+            .unwrap();
+        let other = pki
+            .ca
+            .client_cert("supplier-b", &ClientCertOptions::default())
+            .unwrap();
+
+        // One connection per certificate: the second of the same certificate is closed
+        // right after its handshake; another certificate still gets in.
+        let _first = connect(addr, client_for(&pki, Some(&client)))
+            .await
+            .unwrap();
+        let first_conn = next_conn(&mut incoming).await;
+        assert!(rejected(addr, client_for(&pki, Some(&client))).await);
+        let _other = connect(addr, client_for(&pki, Some(&other))).await.unwrap();
+        assert_eq!(
+            next_conn(&mut incoming).await.peer().fingerprint,
+            fingerprint(&der(&other.0))
+        );
+        assert_eq!(handle.handshake_counts().limited, 1);
+        // Closing the first frees its certificate's slot.
+        drop(first_conn);
+        let _again = connect(addr, client_for(&pki, Some(&client)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_conn(&mut incoming).await.peer().fingerprint,
+            fingerprint(&der(&client.0))
+        );
+
+        // One handshake at a time per address: while a silent socket holds it, the next
+        // socket from 127.0.0.1 is closed at once, not after the handshake timeout.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, second.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(handle.handshake_counts().limited, 2);
+    }
+
+    #[tokio::test]
     async fn the_stream_ends_on_shutdown() {
         let pki = pki();
         let (_addr, mut incoming, _handle, stop) =

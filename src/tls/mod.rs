@@ -217,10 +217,10 @@ fn load_crl_files(
             .map_err(|e| invalid(ACTION, path, format!("not valid PEM: {e}")))?;
         if found.is_empty() {
             let why = if CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok()) {
-                "no CRL found: the file holds a certificate, not a CRL \
+                "no CRLs found: the file holds a certificate, not a CRL \
                  (expected -----BEGIN X509 CRL-----)"
             } else {
-                "no CRL found (expected PEM blocks -----BEGIN X509 CRL-----)"
+                "no CRLs found (expected PEM blocks -----BEGIN X509 CRL-----)"
             };
             return Err(invalid(ACTION, path, why));
         }
@@ -809,6 +809,83 @@ mod tests {
             .to_string();
         assert!(err.contains("no CRLs found"), "{err}");
         assert!(load_crls(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn crl_checks_name_the_file_and_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = dev_files(dir.path());
+        let ca_pem = std::fs::read_to_string(&files.client_ca).unwrap();
+        // The dev CA's own key is not at hand here: a CA with the same name, other key.
+        let impostor = TestCa::new("Schakel DEV CA - NOT FOR PRODUCTION").unwrap();
+        let unrelated = TestCa::new("unrelated CA").unwrap();
+        for (name, contents, why) in [
+            (
+                "cert.pem",
+                ca_pem.clone(),
+                "the file holds a certificate, not a CRL",
+            ),
+            (
+                "text.pem",
+                "hello".to_owned(),
+                "no CRLs found (expected PEM blocks",
+            ),
+            (
+                "broken.pem",
+                "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".to_owned(),
+                "CRL #1: not an X.509 CRL",
+            ),
+            (
+                "impostor.pem",
+                impostor.crl_pem(&[]).unwrap(),
+                "CRL #1: the signature does not verify with the key of",
+            ),
+        ] {
+            files.crls = vec![write(dir.path(), name, &contents)];
+            let err = server_config(&files).unwrap_err().to_string();
+            assert!(err.starts_with("reading CRL "), "{err}");
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(why), "{name}: {err}");
+        }
+        // A CRL of a CA outside the bundle (an intermediate the clients send) is usable.
+        files.crls = vec![write(
+            dir.path(),
+            "other.pem",
+            &unrelated.crl_pem(&[1]).unwrap(),
+        )];
+        let material = server_material(&files).unwrap();
+        assert_eq!(material.crls.len(), 1);
+        assert_eq!(material.crls[0].revoked, 1);
+        assert!(material.crls[0].issuer.contains("CN=unrelated CA"));
+        assert!(!material.crls[0].expired_at(SystemTime::now()));
+    }
+
+    #[test]
+    fn an_expired_crl_is_summarised_as_expired() {
+        let ca = TestCa::new("expired CRL CA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let next = now - Duration::from_secs(60);
+        let pem = ca
+            .crl_pem_with(
+                &[],
+                &dev::CrlOptions {
+                    this_update: Some(now - Duration::from_secs(3600)),
+                    next_update: Some(next),
+                },
+            )
+            .unwrap();
+        let path = write(dir.path(), "old.pem", &pem);
+        let (_, info) = load_crl_files(std::slice::from_ref(&path), None)
+            .unwrap()
+            .remove(0);
+        assert!(info.expired_at(now));
+        assert_eq!(
+            info.next_update
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs()),
+            Some(next.duration_since(UNIX_EPOCH).unwrap().as_secs())
+        );
+        assert_eq!(info.file, path);
     }
 
     #[test]
