@@ -21,15 +21,15 @@ use schakel::tls::CrlExpiredPolicy;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// A v2 CRL without the CRL number extension (made once with Python `cryptography`:
-/// a CRL builder with only an authority key identifier extension).
+/// A v2 CRL without the CRL number extension, indeed without any extension (made once
+/// with Python `cryptography`: a CRL builder given no extensions). rustls used to refuse it
+/// with only "ParseError".
 const CRL_WITHOUT_NUMBER: &str = "\
 -----BEGIN X509 CRL-----
-MIHFMG0CAQEwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOQ1JMIGZpeHR1cmUgQ0EX
-DTI2MDEwMTAwMDAwMFoXDTM1MTIzMDAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFDrL
-Yi46fynywa88hlAksk8lvqWBMAoGCCqGSM49BAMCA0gAMEUCIG1Q64ZhS+xPuOJk
-NSuvKxxgn+KBYM9NzVNCumO4W481AiEAlfEAH2dBcOm7dib0ohZOvdghJlQMyETg
-ZZJxp+J1aVg=
+MIGgMEgCAQEwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOQ1JMIGZpeHR1cmUgQ0EX
+DTI2MDEwMTAwMDAwMFoXDTM1MTIzMDAwMDAwMFowCgYIKoZIzj0EAwIDSAAwRQIh
+AKeCIXP4jpNtb78BjzIEar03CnPUauZcOVUpg2eSYxDeAiARs0MWR50occrgBcS4
+2Q900++dJS3XqNanIjzEJuObLw==
 -----END X509 CRL-----
 ";
 

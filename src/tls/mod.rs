@@ -252,18 +252,34 @@ fn check_crl(
              with a CRL number extension (RFC 5280 5.2.3)"
         ));
     }
-    let Some(number) = crl.crl_number() else {
-        return Err(format!(
-            "issued by {issuer} has no CRL number extension (RFC 5280 5.2.3), which the \
-             verifier requires; have the CA publish it with a CRL number"
-        ));
+    // webpki needs the extensions field (RFC 5280 5.2: a CRL number and an authority key
+    // identifier are required); it tolerates a CRL number's absence among other extensions.
+    let number = match crl.crl_number() {
+        Some(number) => {
+            let number = number.to_bytes_be();
+            if number.len() > 20 {
+                return Err(format!(
+                    "issued by {issuer} has a CRL number longer than 20 octets (RFC 5280 5.2.3)"
+                ));
+            }
+            hex::encode(number)
+        }
+        None if crl.extensions().is_empty() => {
+            return Err(format!(
+                "issued by {issuer} has no CRL number extension (RFC 5280 5.2.3) and no \
+                 extensions at all, which the verifier requires; have the CA publish it \
+                 with a CRL number"
+            ));
+        }
+        None => {
+            tracing::warn!(
+                file = %path.display(),
+                %issuer,
+                "CRL has no CRL number extension (RFC 5280 5.2.3); used anyway"
+            );
+            String::new()
+        }
     };
-    let number = number.to_bytes_be();
-    if number.len() > 20 {
-        return Err(format!(
-            "issued by {issuer} has a CRL number longer than 20 octets (RFC 5280 5.2.3)"
-        ));
-    }
     if let Some((bundle, bundle_path)) = cas {
         // Of the CAs of that name (two may share one), the one whose key signed the CRL.
         let named: Vec<_> = bundle
@@ -306,16 +322,25 @@ fn check_crl(
             }
         }
     }
-    Ok(CrlInfo {
+    Ok(summary(&crl, path, issuer, number))
+}
+
+fn summary(
+    crl: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+    path: &Path,
+    issuer: String,
+    number: String,
+) -> CrlInfo {
+    CrlInfo {
         file: path.to_path_buf(),
         issuer,
-        number: hex::encode(&number),
+        number,
         this_update: unix_to_system_time(crl.last_update().timestamp()),
         next_update: crl
             .next_update()
             .map(|t| unix_to_system_time(t.timestamp())),
         revoked: crl.iter_revoked_certificates().count(),
-    })
+    }
 }
 
 /// SHA-256 of the DER certificate, lowercase hex (64 chars).
@@ -858,6 +883,26 @@ mod tests {
         assert_eq!(material.crls[0].revoked, 1);
         assert!(material.crls[0].issuer.contains("CN=unrelated CA"));
         assert!(!material.crls[0].expired_at(SystemTime::now()));
+    }
+
+    #[test]
+    fn a_crl_with_extensions_but_no_crl_number_is_used_as_webpki_does() {
+        // A v2 CRL of "CN=CRL fixture CA" with only an authority key identifier
+        // (made once with Python `cryptography`).
+        const AKI_ONLY: &str = "-----BEGIN X509 CRL-----
+MIHFMG0CAQEwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOQ1JMIGZpeHR1cmUgQ0EX
+DTI2MDEwMTAwMDAwMFoXDTM1MTIzMDAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFDrL
+Yi46fynywa88hlAksk8lvqWBMAoGCCqGSM49BAMCA0gAMEUCIG1Q64ZhS+xPuOJk
+NSuvKxxgn+KBYM9NzVNCumO4W481AiEAlfEAH2dBcOm7dib0ohZOvdghJlQMyETg
+ZZJxp+J1aVg=
+-----END X509 CRL-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = dev_files(dir.path());
+        files.crls = vec![write(dir.path(), "aki-only.pem", AKI_ONLY)];
+        let material = server_material(&files).unwrap();
+        assert_eq!(material.crls[0].number, "");
+        assert!(material.crls[0].issuer.contains("CN=CRL fixture CA"));
     }
 
     #[test]
