@@ -100,8 +100,8 @@ pub struct TlsConfig {
     /// a row is closed. 0 turns closing off (calls are refused either way).
     #[serde(default = "default_close_revoked_every_ms")]
     pub close_revoked_every_ms: u64,
-    /// A CRL past its nextUpdate: "warn" (default: keep using it, report it) or
-    /// "refuse" (refuse the certificates it covers).
+    /// A CRL past its nextUpdate: "refuse" (default: refuse the certificates it
+    /// covers) or "warn" (keep using it, report it).
     #[serde(default)]
     pub crl_expired: crate::tls::CrlExpiredPolicy,
 }
@@ -235,7 +235,7 @@ impl Default for Config {
                 crls: Vec::new(),
                 reload_poll_ms: default_reload_poll_ms(),
                 close_revoked_every_ms: default_close_revoked_every_ms(),
-                crl_expired: crate::tls::CrlExpiredPolicy::Warn,
+                crl_expired: crate::tls::CrlExpiredPolicy::Refuse,
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),

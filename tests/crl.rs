@@ -324,8 +324,8 @@ fn expired_crl(ca: &TestCa) -> String {
 }
 
 #[tokio::test]
-async fn an_expired_crl_is_reported_and_still_used_by_default() {
-    let (server, crl) = with_crl(|_| {}).await;
+async fn with_crl_expired_warn_an_expired_crl_is_reported_and_still_used() {
+    let (server, crl) = with_crl(|c| c.tls.crl_expired = CrlExpiredPolicy::Warn).await;
     std::fs::write(&crl, expired_crl(&server.ca)).unwrap();
     let mut admin = admin(&server).await;
     let mut a = server.intake(SUPPLIER_A).await;
@@ -340,6 +340,16 @@ async fn an_expired_crl_is_reported_and_still_used_by_default() {
     );
     let line = format!("schakel_crl_expired{{file=\"{}\"}}", crl.display());
     assert_eq!(metric(&server, &line).await.as_deref(), Some("1"));
+    let next = format!(
+        "schakel_crl_next_update_seconds{{file=\"{}\"}}",
+        crl.display()
+    );
+    let next: f64 = metric(&server, &next).await.unwrap().parse().unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(next < now && next > now - 7200.0, "{next} vs {now}");
     let (status, page) = server.http_get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("CRL past its nextUpdate"), "{page}");
@@ -352,9 +362,9 @@ async fn an_expired_crl_is_reported_and_still_used_by_default() {
 }
 
 #[tokio::test]
-async fn with_crl_expired_refuse_an_expired_crl_refuses_handshakes_and_closes_open_channels() {
+async fn by_default_an_expired_crl_refuses_handshakes_and_closes_open_channels() {
     let (server, crl) = with_crl(|c| {
-        c.tls.crl_expired = CrlExpiredPolicy::Refuse;
+        assert_eq!(c.tls.crl_expired, CrlExpiredPolicy::Refuse);
         c.tls.reload_poll_ms = 200;
     })
     .await;

@@ -45,6 +45,7 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     tls_connections_closed: IntCounterVec,
     crl_expired: IntGaugeVec,
+    crl_next_update: GaugeVec,
 }
 
 /// What a scrape reads from the store.
@@ -60,8 +61,8 @@ pub struct Snapshot {
     pub handshakes: Option<HandshakeCounts>,
     /// Open connections closed by a TLS re-verification, by reason code.
     pub tls_closed: Vec<(&'static str, u64)>,
-    /// The CRLs in force: (file, past its nextUpdate now).
-    pub crls: Vec<(String, bool)>,
+    /// The CRLs in force: (file, past its nextUpdate now, nextUpdate).
+    pub crls: Vec<(String, bool, Option<SystemTime>)>,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -201,6 +202,14 @@ impl Metrics {
             &["file"],
         )?;
         registry.register(Box::new(crl_expired.clone()))?;
+        let crl_next_update = GaugeVec::new(
+            Opts::new(
+                "schakel_crl_next_update_seconds",
+                "nextUpdate (unix seconds) of the CRL file in force; alert well before it passes.",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(crl_next_update.clone()))?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,
@@ -225,6 +234,7 @@ impl Metrics {
             tls_handshakes,
             tls_connections_closed,
             crl_expired,
+            crl_next_update,
         })
     }
 
@@ -303,10 +313,16 @@ impl Metrics {
             );
         }
         self.crl_expired.reset();
-        for (file, expired) in &snap.crls {
+        self.crl_next_update.reset();
+        for (file, expired, next_update) in &snap.crls {
             self.crl_expired
                 .with_label_values(&[file.as_str()])
                 .set(i64::from(*expired));
+            if let Some(next) = next_update {
+                self.crl_next_update
+                    .with_label_values(&[file.as_str()])
+                    .set(unix_secs(*next));
+            }
         }
         self.queue_depth.set(clamp(snap.queue.depth));
         self.queue_leased.set(clamp(snap.queue.leased));

@@ -267,7 +267,13 @@ impl Monitor {
             crls: self
                 .crls()
                 .iter()
-                .map(|c| (c.file.display().to_string(), c.expired_at(now)))
+                .map(|c| {
+                    (
+                        c.file.display().to_string(),
+                        c.expired_at(now),
+                        c.next_update,
+                    )
+                })
                 .collect(),
         };
         self.inner.metrics.render(&snap, now)

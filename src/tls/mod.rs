@@ -153,12 +153,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CrlExpiredPolicy {
-    /// Keep using the stale CRL (its entries still count) and report it. The default: a
-    /// late CRL publication must not lock every supplier out.
-    #[default]
+    /// Keep using the stale CRL (its entries still count) and report it: for a deployment
+    /// that prefers availability when a CA publishes late.
     Warn,
     /// Refuse client certificates whose revocation status comes from an expired CRL, at
-    /// the handshake and when open connections are re-verified.
+    /// the handshake and when open connections are re-verified. The default, as OpenSSL
+    /// (and so PostgreSQL's `ssl_crl_file`) and BoringSSL (Envoy) verify: a CRL past its
+    /// nextUpdate no longer says anything about revocation.
+    #[default]
     Refuse,
 }
 
@@ -559,12 +561,27 @@ pub fn server_material(files: &ServerTlsFiles) -> Result<TlsMaterial, TlsError> 
     if files.crl_expired == CrlExpiredPolicy::Refuse {
         builder = builder.enforce_revocation_expiration();
     }
-    let verifier = builder.build().map_err(|e| {
-        invalid(
+    let verifier = builder.build().map_err(|e| match e {
+        // The checks above catch what they can name; this is what webpki still refuses.
+        rustls::server::VerifierBuilderError::InvalidCrl(crl) => TlsError::Invalid {
+            action: "reading CRL",
+            path: files.crls.first().cloned().unwrap_or_default(),
+            reason: format!(
+                "a CRL of tls.crls ({}) cannot be used: {}",
+                files
+                    .crls
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crl_error_words(&crl)
+            ),
+        },
+        e => invalid(
             "building the client certificate verifier from",
             &files.client_ca,
             e,
-        )
+        ),
     })?;
 
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -593,6 +610,26 @@ pub fn server_material(files: &ServerTlsFiles) -> Result<TlsMaterial, TlsError> 
         client_cas: cas.len(),
         crls: crl_infos,
     })
+}
+
+/// What a CRL error of the verifier means, in words.
+fn crl_error_words(e: &rustls::CertRevocationListError) -> String {
+    use rustls::CertRevocationListError as E;
+    match e {
+        E::ParseError => "it does not parse as an RFC 5280 CRL (e.g. no extensions)".into(),
+        E::UnsupportedCrlVersion => "only version 2 CRLs are supported".into(),
+        E::UnsupportedCriticalExtension => "it has a critical extension the verifier does not \
+             support"
+            .into(),
+        E::UnsupportedDeltaCrl => "delta CRLs are not supported; configure the full CRL".into(),
+        E::UnsupportedIndirectCrl => "indirect CRLs are not supported".into(),
+        E::UnsupportedRevocationReason => "it lists an unsupported revocation reason".into(),
+        E::InvalidCrlNumber => "its CRL number is not a non-negative integer of at most 20 \
+             octets"
+            .into(),
+        E::InvalidRevokedCertSerialNumber => "it lists an invalid serial number".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// RFC 3339 (seconds), or "none".
