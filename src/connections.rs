@@ -65,6 +65,7 @@ impl Closer {
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     fingerprint: String,
     remote_addr: SocketAddr,
@@ -188,34 +189,19 @@ impl Connections {
         let (generation, Some(verifier)) = tls.verifier() else {
             return Vec::new();
         };
-        let snapshot: Vec<(
-            String,
-            SocketAddr,
-            Arc<[CertificateDer<'static>]>,
-            Arc<Closer>,
-        )> = {
+        let snapshot: Vec<Entry> = {
             let mut open = lock(&self.inner.open);
             open.verified = Some((generation, Arc::clone(&verifier)));
-            open.conns
-                .values()
-                .map(|e| {
-                    (
-                        e.fingerprint.clone(),
-                        e.remote_addr,
-                        Arc::clone(&e.chain),
-                        Arc::clone(&e.closer),
-                    )
-                })
-                .collect()
+            open.conns.values().cloned().collect()
         };
         let now = SystemTime::now();
         let mut closed = Vec::new();
-        for (fingerprint, remote_addr, chain, closer) in snapshot {
-            if let Err(e) = verify_chain(verifier.as_ref(), &chain, now) {
-                closer.close();
+        for entry in snapshot {
+            if let Err(e) = verify_chain(verifier.as_ref(), &entry.chain, now) {
+                entry.closer.close();
                 let conn = ClosedConn {
-                    fingerprint,
-                    remote_addr,
+                    fingerprint: entry.fingerprint,
+                    remote_addr: entry.remote_addr,
                     code: refusal_code(&e),
                 };
                 self.closed(conn.clone(), trigger);
