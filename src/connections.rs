@@ -429,3 +429,152 @@ impl tonic::transport::server::Connected for TrackedConn {
         self.conn.peer().clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, RootCertStore};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::tls::dev::{ClientCertOptions, TestCa};
+    use crate::tls::{self, AcceptLimits, CrlExpiredPolicy, ServerTlsFiles};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    async fn next<S>(incoming: &mut std::pin::Pin<Box<S>>) -> TlsConn
+    where
+        S: tokio_stream::Stream<Item = Result<TlsConn, io::Error>>,
+    {
+        tokio::time::timeout(WAIT, incoming.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    fn client(ca: &TestCa, cert: &(String, String)) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.0.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap(),
+                )
+                .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    /// A connection accepted before a reload that revokes it, tracked only after the
+    /// re-verification ran, is closed when tracked; `reverify` closes tracked ones.
+    #[tokio::test]
+    async fn connections_that_no_longer_verify_are_closed_at_reverify_and_at_track() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("connections test CA").unwrap();
+        let (cert, key) = ca.server_cert().unwrap();
+        let crl = write(dir.path(), "crl.pem", &ca.crl_pem(&[]).unwrap());
+        let files = ServerTlsFiles {
+            cert: write(dir.path(), "server.pem", &cert),
+            key: write(dir.path(), "server.key", &key),
+            client_ca: write(dir.path(), "ca.pem", &ca.cert_pem()),
+            crls: vec![crl.clone()],
+            crl_expired: CrlExpiredPolicy::Refuse,
+        };
+        let handle = TlsAcceptorHandle::from_material(&tls::server_material(&files).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let mut incoming = Box::pin(tls::incoming(
+            listener,
+            handle.clone(),
+            AcceptLimits::default(),
+            shutdown,
+        ));
+        let revoked = ca
+            .client_cert(
+                "revoked",
+                &ClientCertOptions {
+                    serial: Some(77),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let fine = ca
+            .client_cert("fine", &ClientCertOptions::default())
+            .unwrap();
+        let connect = |config: Arc<ClientConfig>| async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let connections = Connections::new();
+        let mut revoked_client = connect(client(&ca, &revoked)).await;
+        let tracked_revoked = connections.track(next(&mut incoming).await);
+        let mut fine_client = connect(client(&ca, &fine)).await;
+        let tracked_fine = connections.track(next(&mut incoming).await);
+        // Accepted under the old material, handed over only after the reload.
+        let mut late_client = connect(client(&ca, &revoked)).await;
+        let late = next(&mut incoming).await;
+        assert_eq!(late.generation(), 1);
+
+        std::fs::write(&crl, ca.crl_pem(&[77]).unwrap()).unwrap();
+        handle.install(&tls::server_material(&files).unwrap());
+        let closed = connections.reverify(&handle, "test");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            closed[0].fingerprint,
+            tracked_revoked.conn.peer().fingerprint
+        );
+        assert_eq!(closed[0].code, "CERTIFICATE_REVOKED_BY_CRL");
+        assert!(tracked_revoked.closer.closed.load(Ordering::Acquire));
+        assert!(!tracked_fine.closer.closed.load(Ordering::Acquire));
+
+        let tracked_late = connections.track(late);
+        assert!(tracked_late.closer.closed.load(Ordering::Acquire));
+
+        // A closed connection reads EOF on the server side, so the HTTP/2 server ends it;
+        // dropping it closes the client's side.
+        for tracked in [tracked_revoked, tracked_late] {
+            let mut tracked = tracked;
+            let mut buf = [0u8; 1];
+            assert_eq!(tracked.read(&mut buf).await.unwrap(), 0);
+        }
+        let mut buf = [0u8; 1];
+        for client in [&mut revoked_client, &mut late_client] {
+            let read = tokio::time::timeout(WAIT, client.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+        // The fine connection stays open: nothing to read yet.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), fine_client.read(&mut buf))
+                .await
+                .is_err()
+        );
+        assert_eq!(connections.len(), 1);
+        drop(tracked_fine);
+    }
+}

@@ -59,7 +59,7 @@ struct Inner {
     files: ServerTlsFiles,
     handle: TlsAcceptorHandle,
     /// Open connections to re-verify after a reload (none in unit tests).
-    connections: Option<Connections>,
+    connections: std::sync::OnceLock<Connections>,
     /// The stamps of the files at the last reload attempt, so the poller only
     /// reloads on a change (and does not retry broken material every round).
     seen: Mutex<Vec<Stamp>>,
@@ -109,7 +109,7 @@ impl Reloader {
             inner: Arc::new(Inner {
                 files,
                 handle,
-                connections: None,
+                connections: std::sync::OnceLock::new(),
                 seen,
                 reloading: tokio::sync::Mutex::new(()),
             }),
@@ -117,12 +117,10 @@ impl Reloader {
     }
 
     /// Re-verify the open connections of `connections` after every successful
-    /// reload. Call before [`spawn`](Self::spawn) and before handing out clones.
+    /// reload (all clones share it; the first registry given wins).
     #[must_use]
-    pub fn with_connections(mut self, connections: Connections) -> Reloader {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.connections = Some(connections);
-        }
+    pub fn with_connections(self, connections: Connections) -> Reloader {
+        let _ = self.inner.connections.set(connections);
         self
     }
 
@@ -185,7 +183,7 @@ impl Reloader {
     /// Re-verifies the open connections with the material in force; returns how
     /// many were closed.
     async fn reverify(&self, trigger: &'static str) -> usize {
-        let Some(connections) = self.inner.connections.clone() else {
+        let Some(connections) = self.inner.connections.get().cloned() else {
             return 0;
         };
         let handle = self.inner.handle.clone();
