@@ -150,6 +150,9 @@ pub struct Limits {
     pub max_connection_age_secs: u64,
     /// How long calls in flight get after the GOAWAY of `max_connection_age_secs`.
     pub max_connection_age_grace_secs: u64,
+    /// A connection on which the client opened no call for this long is closed;
+    /// 0 = never.
+    pub idle_timeout_secs: u64,
     /// Requests in progress at once per connection.
     pub max_concurrent_requests_per_connection: usize,
     /// Seconds the server waits for requests in flight at shutdown.
@@ -281,6 +284,7 @@ impl Default for Limits {
             max_connections_per_certificate: 64,
             max_connection_age_secs: 3_600,
             max_connection_age_grace_secs: 60,
+            idle_timeout_secs: 600,
             max_concurrent_requests_per_connection: 64,
             shutdown_grace_secs: 20,
             max_in_flight_per_identity: 16,

@@ -23,6 +23,10 @@
 //! older material but was tracked only after that check is verified when
 //! tracked.
 //!
+//! And it closes connections on which the client opened no call (no HTTP/2
+//! HEADERS frame, read from the decrypted stream) for `limits.idle_timeout_secs`
+//! ([`Connections::spawn_idle_reaper`]); keepalive pings do not count as calls.
+//!
 //! Must not: decide who may call (it mirrors the interceptor's rules and the
 //! handshake's verifier), or block the accept path (verification on tracking
 //! happens only for connections straddling a reload). Called by `server::run`
@@ -67,6 +71,8 @@ impl Closer {
 
 #[derive(Clone)]
 struct Entry {
+    /// When the client last opened a call (unix ms), shared with the connection.
+    last_call: Arc<AtomicU64>,
     fingerprint: String,
     remote_addr: SocketAddr,
     /// The peer chain as presented at the handshake, end entity first.
@@ -144,11 +150,14 @@ impl Connections {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
         let chain: Arc<[CertificateDer<'static>]> = Arc::from(conn.peer_chain().to_vec());
+        // Opening the connection counts as a call: it gets the idle timeout for its first.
+        let last_call = Arc::new(AtomicU64::new(unix_ms(SystemTime::now())));
         let stale = {
             let mut open = lock(&self.inner.open);
             open.conns.insert(
                 id,
                 Entry {
+                    last_call: Arc::clone(&last_call),
                     fingerprint: conn.peer().fingerprint.clone(),
                     remote_addr: conn.peer().remote_addr,
                     chain: Arc::clone(&chain),
@@ -178,7 +187,48 @@ impl Connections {
             closer,
             id,
             registry: Arc::clone(&self.inner),
+            frames: FrameWatch::default(),
+            last_call,
         }
+    }
+
+    /// Starts the idle reaper: closes every connection on which the client opened no
+    /// call for `idle`, checking every `idle / 4` (100 ms .. 30 s). Ends when `stop`
+    /// turns true.
+    pub fn spawn_idle_reaper(
+        &self,
+        idle: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let this = self.clone();
+        let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    _ = tick.tick() => {}
+                }
+                let now = unix_ms(SystemTime::now());
+                let open = lock(&this.inner.open);
+                for entry in open.conns.values() {
+                    let last = entry.last_call.load(Ordering::Relaxed);
+                    if now.saturating_sub(last) > idle_ms
+                        && !entry.closer.closed.load(Ordering::Acquire)
+                    {
+                        entry.closer.close();
+                        tracing::info!(
+                            fingerprint = %entry.fingerprint,
+                            remote_addr = %entry.remote_addr,
+                            idle_secs = idle.as_secs(),
+                            "closed a connection without calls for the idle timeout"
+                        );
+                    }
+                }
+            }
+        })
     }
 
     /// Re-verifies every open connection's peer chain with the client verifier of
@@ -337,6 +387,69 @@ fn allowed(store: &Store, fingerprint: &str, now: SystemTime) -> bool {
     }
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Follows the HTTP/2 frames a client sends (after the 24-byte connection preface:
+/// 9-byte frame headers, payloads skipped) to see when it opens a call (a HEADERS
+/// frame, type 0x1). Only observes: the bytes go to the HTTP/2 server unchanged.
+#[derive(Debug)]
+struct FrameWatch {
+    preface_left: usize,
+    header: [u8; 9],
+    have: usize,
+    skip: usize,
+}
+
+impl Default for FrameWatch {
+    fn default() -> Self {
+        FrameWatch {
+            preface_left: 24,
+            header: [0; 9],
+            have: 0,
+            skip: 0,
+        }
+    }
+}
+
+impl FrameWatch {
+    /// Feeds bytes read from the client; true when a HEADERS frame started in them.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        let mut call = false;
+        while !data.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(data.len());
+                self.preface_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            // `have` < 9 here: it is reset when it reaches 9.
+            let n = (9 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 9 {
+                self.have = 0;
+                let h = &self.header;
+                self.skip =
+                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                if h[3] == 0x1 {
+                    call = true;
+                }
+            }
+        }
+        call
+    }
+}
+
 /// Runs the handshake's client verification of `chain` (end entity first) at `now`.
 fn verify_chain(
     verifier: &dyn ClientCertVerifier,
@@ -359,6 +472,10 @@ pub struct TrackedConn {
     id: u64,
     /// To unregister on drop.
     registry: Arc<Inner>,
+    /// Sees the calls the client opens, for the idle timeout.
+    frames: FrameWatch,
+    /// Shared with the registry's entry.
+    last_call: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for TrackedConn {
@@ -388,7 +505,15 @@ impl AsyncRead for TrackedConn {
             // EOF: the HTTP/2 server ends the connection.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.conn).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.conn).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            if this.frames.feed(&buf.filled()[before..]) {
+                this.last_call
+                    .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+            }
+        }
+        result
     }
 }
 
@@ -448,6 +573,45 @@ mod tests {
     use crate::tls::{self, AcceptLimits, CrlExpiredPolicy, ServerTlsFiles};
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn frame_watch_sees_headers_frames_across_reads_and_skips_payloads() {
+        let frame = |kind: u8, payload: &[u8]| {
+            let len = payload.len();
+            let mut f = vec![
+                (len >> 16) as u8,
+                (len >> 8) as u8,
+                len as u8,
+                kind,
+                0,
+                0,
+                0,
+                0,
+                1,
+            ];
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        stream.extend(frame(0x4, &[0; 12])); // SETTINGS
+        stream.extend(frame(0x6, &[1; 8])); // PING, payload bytes 0x01 look like HEADERS
+        let no_call = stream.len();
+        stream.extend(frame(0x1, &[1; 300])); // HEADERS
+        let mut watch = FrameWatch::default();
+        assert!(!watch.feed(&stream[..no_call]));
+        // Byte by byte across the HEADERS frame.
+        let mut seen = false;
+        for b in &stream[no_call..] {
+            seen |= watch.feed(std::slice::from_ref(b));
+        }
+        assert!(seen);
+        let mut watch = FrameWatch::default();
+        assert!(!watch.feed(&stream[..no_call - 3]));
+        assert!(!watch.feed(&stream[no_call - 3..no_call + 2]));
+        assert!(watch.feed(&stream[no_call + 2..]));
+        // A PING after it is not a call.
+        assert!(!watch.feed(&frame(0x6, &[0; 8])));
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.join(name);

@@ -330,6 +330,12 @@ async fn serve_once(
         let every = Duration::from_millis(config.tls.close_revoked_every_ms);
         connections.spawn_sweeper(store.clone(), every, stop_rx.clone())
     });
+    let idle_reaper = (limits.idle_timeout_secs > 0).then(|| {
+        connections.spawn_idle_reaper(
+            Duration::from_secs(limits.idle_timeout_secs),
+            stop_rx.clone(),
+        )
+    });
     let poll =
         (config.tls.reload_poll_ms > 0).then(|| Duration::from_millis(config.tls.reload_poll_ms));
     let reload_task = reloader.spawn(poll, stop_rx.clone());
@@ -432,6 +438,9 @@ async fn serve_once(
     reload_task.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
+    }
+    if let Some(reaper) = idle_reaper {
+        reaper.abort();
     }
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)

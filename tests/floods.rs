@@ -212,3 +212,48 @@ async fn four_hundred_silent_tcp_sockets_do_not_delay_a_supplier() {
     assert_eq!(handshakes(&server, "timeout").await, 0);
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_connection_without_calls_is_closed_after_the_idle_timeout_and_a_busy_one_is_kept() {
+    let server = TestServer::start_with(|c| c.limits.idle_timeout_secs = 1).await;
+    // Idle: a TLS connection that never opens a call.
+    let tcp = connect_from_flood_source(server.addr).await.unwrap();
+    let started = Instant::now();
+    let mut idle =
+        tokio_rustls::TlsConnector::from(tls_client(&server, STRANGER, &[&rustls::version::TLS13]))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+    // Busy: one channel with a call every 200 ms for 2.5 s, longer than the timeout.
+    let channel = schakel::client::connect(&server.url(), &server.files(SUPPLIER_A))
+        .await
+        .unwrap();
+    let mut intake = IntakeClient::new(channel);
+    for n in 0..12 {
+        let id = format!("busy-{n}");
+        let receipt = intake
+            .submit_batch(batch(&id, vec![record(&id)]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(receipt.accepted, 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The idle one was closed (EOF or reset), not before the timeout.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            // TLS 1.3 session tickets may come first.
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the idle connection was not closed");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // The busy channel kept its one connection: two handshakes in all.
+    assert_eq!(handshakes(&server, "ok").await, 2);
+}
