@@ -1,8 +1,12 @@
 //! TLS material: from PEM files to a verified, mutually authenticated rustls server config.
 //!
 //! Owns: loading certificates, keys and CRLs from PEM files ([`load_certs`], [`load_key`],
-//! [`load_crls`]); building the one server configuration the gRPC port uses
-//! ([`server_config`]: TLS 1.3/1.2, ring, client certificate *required*, ALPN `h2`);
+//! [`load_crls`]; a CRL that cannot be used is refused saying why, naming the file);
+//! building the one server configuration the gRPC port uses ([`server_config`],
+//! [`server_material`]: TLS 1.3/1.2, ring, client certificate *required*, revocation
+//! checked along the whole chain, [`CrlExpiredPolicy`], ALPN `h2`), with the client
+//! verifier and CRL summaries ([`CrlInfo`]) kept for re-verifying open connections and for
+//! the metrics;
 //! certificate fingerprints and human-readable descriptions ([`fingerprint`], [`describe`]);
 //! and the identity a client presented at the handshake ([`PeerInfo`]).
 //! [`acceptor`] runs the TLS accept loop that feeds tonic; [`dev`] generates development and
@@ -12,9 +16,9 @@
 //! from the identity, later, in the server's interceptor), or read configuration files —
 //! callers pass paths.
 //!
-//! Called by: the server (startup and certificate reload: build a new config with
-//! [`server_config`], then [`acceptor::TlsAcceptorHandle::swap`]), the CLI (`certs dev`,
-//! `certs show`), and tests.
+//! Called by: the server (startup and certificate reload: build new material with
+//! [`server_material`], then [`acceptor::TlsAcceptorHandle::install`]), the CLI (`certs dev`,
+//! `certs show`, `check-config`), the benchmark's sink, and tests.
 
 pub mod acceptor;
 pub mod dev;
