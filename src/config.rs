@@ -125,6 +125,10 @@ pub struct TlsConfig {
     /// a row is closed. 0 turns closing off (calls are refused either way).
     #[serde(default = "default_close_revoked_every_ms")]
     pub close_revoked_every_ms: u64,
+    /// A CRL past its nextUpdate: "refuse" (default: refuse the certificates it
+    /// covers) or "warn" (keep using it, report it).
+    #[serde(default)]
+    pub crl_expired: crate::tls::CrlExpiredPolicy,
 }
 
 fn default_close_revoked_every_ms() -> u64 {
@@ -159,6 +163,21 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Connections from one IP address at once (in handshake or open); more are
+    /// closed at accept.
+    pub max_connections_per_address: usize,
+    /// TLS handshakes in progress from one IP address; more are closed at accept.
+    pub max_handshakes_per_address: usize,
+    /// Open connections per client certificate; more are closed after the handshake.
+    pub max_connections_per_certificate: usize,
+    /// A connection older than this gets a graceful GOAWAY (calls in flight
+    /// finish, within `max_connection_age_grace_secs`); 0 = no limit.
+    pub max_connection_age_secs: u64,
+    /// How long calls in flight get after the GOAWAY of `max_connection_age_secs`.
+    pub max_connection_age_grace_secs: u64,
+    /// A connection on which the client opened no call for this long is closed;
+    /// 0 = never.
+    pub idle_timeout_secs: u64,
     /// Requests in progress at once per connection.
     pub max_concurrent_requests_per_connection: usize,
     /// HTTP/2 streams a client may open at once on one connection (the
@@ -256,6 +275,7 @@ impl Default for Config {
                 crls: Vec::new(),
                 reload_poll_ms: default_reload_poll_ms(),
                 close_revoked_every_ms: default_close_revoked_every_ms(),
+                crl_expired: crate::tls::CrlExpiredPolicy::Warn,
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),
@@ -297,6 +317,12 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             max_handshakes: 256,
             max_connections: 1_024,
+            max_connections_per_address: 256,
+            max_handshakes_per_address: 32,
+            max_connections_per_certificate: 64,
+            max_connection_age_secs: 3_600,
+            max_connection_age_grace_secs: 60,
+            idle_timeout_secs: 600,
             max_concurrent_requests_per_connection: 64,
             max_concurrent_streams_per_connection: 100,
             max_decoding_bytes: None,
@@ -478,6 +504,18 @@ impl Config {
             ),
             ("limits.max_handshakes", l.max_handshakes),
             ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_address",
+                l.max_connections_per_address,
+            ),
+            (
+                "limits.max_handshakes_per_address",
+                l.max_handshakes_per_address,
+            ),
+            (
+                "limits.max_connections_per_certificate",
+                l.max_connections_per_certificate,
+            ),
             (
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection,

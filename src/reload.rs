@@ -5,11 +5,17 @@
 //! Material is validated as a whole by [`tls::server_config`] before the swap:
 //! anything that does not parse, does not match its key or is expired is refused
 //! with a clear error and the old config stays in force, so there is never a
-//! moment without a valid configuration. Open connections keep their config.
+//! moment without a valid configuration. Open connections keep their TLS
+//! session, but after every successful reload each one's peer chain is
+//! re-verified against the new CAs and CRLs and the failing ones are closed
+//! ([`Connections::reverify`], before `reload` returns). The background task
+//! also watches the CRLs in force: one passing its nextUpdate is logged (WARN)
+//! and, with `tls.crl_expired = "refuse"`, the open connections are re-verified.
 //!
-//! Must not: decide who may call (the admin service does), or touch the store.
-//! Called by `server::run` (creates it and starts [`Reloader::spawn`]) and the
-//! admin service.
+//! Must not: decide who may call (the admin service does), or touch the store
+//! itself (the connection registry audits its closings). Called by
+//! `server::run` (creates it and starts [`Reloader::spawn`]) and the admin
+//! service.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,8 +24,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::connections::Connections;
 use crate::store::lock;
-use crate::tls::{self, CertInfo, ServerTlsFiles, TlsAcceptorHandle, TlsError};
+use crate::tls::{self, CertInfo, CrlInfo, ServerTlsFiles, TlsAcceptorHandle, TlsError};
+
+/// How often the CRLs in force are checked for a passed nextUpdate.
+const CRL_EXPIRY_CHECK: Duration = Duration::from_secs(30);
 
 /// What a successful reload put in force.
 #[derive(Debug, Clone)]
@@ -30,6 +40,10 @@ pub struct ReloadReport {
     pub client_cas: usize,
     /// CRLs in force.
     pub crls: usize,
+    /// The CRLs in force, summarised.
+    pub crl_infos: Vec<CrlInfo>,
+    /// Open connections closed because their chain no longer verifies.
+    pub closed_connections: usize,
 }
 
 /// Modification stamp of one file: (mtime, length); `None` when unreadable.
@@ -44,6 +58,8 @@ pub struct Reloader {
 struct Inner {
     files: ServerTlsFiles,
     handle: TlsAcceptorHandle,
+    /// Open connections to re-verify after a reload (none in unit tests).
+    connections: std::sync::OnceLock<Connections>,
     /// The stamps of the files at the last reload attempt, so the poller only
     /// reloads on a change (and does not retry broken material every round).
     seen: Mutex<Vec<Stamp>>,
@@ -80,20 +96,8 @@ fn stamps(files: &ServerTlsFiles) -> Vec<Stamp> {
         .collect()
 }
 
-fn build(files: &ServerTlsFiles) -> Result<(Arc<rustls::ServerConfig>, ReloadReport), TlsError> {
-    let config = tls::server_config(files)?;
-    let certs = tls::load_certs(&files.cert)?;
-    let server = tls::describe(certs[0].as_ref())?;
-    let client_cas = tls::load_certs(&files.client_ca)?.len();
-    let crls = tls::load_crls(&files.crls)?.len();
-    Ok((
-        config,
-        ReloadReport {
-            server,
-            client_cas,
-            crls,
-        },
-    ))
+fn build(files: &ServerTlsFiles) -> Result<tls::TlsMaterial, TlsError> {
+    tls::server_material(files)
 }
 
 impl Reloader {
@@ -105,10 +109,19 @@ impl Reloader {
             inner: Arc::new(Inner {
                 files,
                 handle,
+                connections: std::sync::OnceLock::new(),
                 seen,
                 reloading: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Re-verify the open connections of `connections` after every successful
+    /// reload (all clones share it; the first registry given wins).
+    #[must_use]
+    pub fn with_connections(self, connections: Connections) -> Reloader {
+        let _ = self.inner.connections.set(connections);
+        self
     }
 
     /// The files the reloader reads.
@@ -140,13 +153,22 @@ impl Reloader {
         };
         *lock(&self.inner.seen) = new_stamps;
         match result {
-            Ok((config, report)) => {
-                self.inner.handle.swap(config);
+            Ok(material) => {
+                self.inner.handle.install(&material);
+                let closed = self.reverify(trigger).await;
+                let report = ReloadReport {
+                    server: material.server,
+                    client_cas: material.client_cas,
+                    crls: material.crls.len(),
+                    crl_infos: material.crls,
+                    closed_connections: closed,
+                };
                 tracing::info!(
                     trigger,
                     server_fingerprint = %report.server.fingerprint,
                     client_cas = report.client_cas,
                     crls = report.crls,
+                    closed_connections = report.closed_connections,
                     "TLS material reloaded"
                 );
                 Ok(report)
@@ -155,6 +177,51 @@ impl Reloader {
                 tracing::error!(trigger, error = %e, "TLS reload refused; the previous material stays in force");
                 Err(e)
             }
+        }
+    }
+
+    /// Re-verifies the open connections with the material in force; returns how
+    /// many were closed.
+    async fn reverify(&self, trigger: &'static str) -> usize {
+        let Some(connections) = self.inner.connections.get().cloned() else {
+            return 0;
+        };
+        let handle = self.inner.handle.clone();
+        tokio::task::spawn_blocking(move || connections.reverify(&handle, trigger).len())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "re-verifying open connections failed");
+                0
+            })
+    }
+
+    /// Warns about CRLs that passed their nextUpdate since the last check
+    /// (`warned` holds those already reported); with `tls.crl_expired =
+    /// "refuse"` re-verifies the open connections when one did.
+    async fn check_crl_expiry(&self, warned: &mut Vec<CrlInfo>) {
+        let now = SystemTime::now();
+        let expired: Vec<CrlInfo> = self
+            .inner
+            .handle
+            .crls()
+            .iter()
+            .filter(|c| c.expired_at(now))
+            .cloned()
+            .collect();
+        let newly: Vec<&CrlInfo> = expired.iter().filter(|c| !warned.contains(c)).collect();
+        for crl in &newly {
+            tracing::warn!(
+                file = %crl.file.display(),
+                issuer = %crl.issuer,
+                next_update = %tls::format_time(crl.next_update),
+                policy = ?self.inner.files.crl_expired,
+                "CRL is past its nextUpdate: publish a fresh one"
+            );
+        }
+        let any_new = !newly.is_empty();
+        *warned = expired;
+        if any_new && self.inner.files.crl_expired == tls::CrlExpiredPolicy::Refuse {
+            self.reverify("crl expired").await;
         }
     }
 
@@ -181,6 +248,18 @@ impl Reloader {
         };
         tokio::spawn(async move {
             let mut tick = poll.map(tokio::time::interval);
+            let mut crl_tick = tokio::time::interval(CRL_EXPIRY_CHECK);
+            crl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Expired CRLs are warned about at load already.
+            let now = SystemTime::now();
+            let mut warned: Vec<CrlInfo> = this
+                .inner
+                .handle
+                .crls()
+                .iter()
+                .filter(|c| c.expired_at(now))
+                .cloned()
+                .collect();
             loop {
                 #[cfg(unix)]
                 let sighup = async {
@@ -199,6 +278,7 @@ impl Reloader {
                 };
                 tokio::select! {
                     () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    _ = crl_tick.tick() => this.check_crl_expiry(&mut warned).await,
                     _ = sighup => {
                         let _ = this.reload("sighup").await;
                     }
@@ -233,6 +313,7 @@ mod tests {
             key: dir.join("server.key"),
             client_ca: dir.join("ca.pem"),
             crls: Vec::new(),
+            crl_expired: tls::CrlExpiredPolicy::Warn,
         };
         (ca, files)
     }

@@ -286,25 +286,36 @@ async fn serve_once(
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
         crls: config.tls.crls.clone(),
+        crl_expired: config.tls.crl_expired,
     };
-    let acceptor = TlsAcceptorHandle::new(tls::server_config(&files)?);
+    let acceptor = TlsAcceptorHandle::from_material(&tls::server_material(&files)?);
     monitor.watch_tls(acceptor.clone());
-    let reloader = Reloader::new(files, acceptor.clone());
+    // Audits and counts the connections a TLS reload closes.
+    let connections = Connections::audited(store.clone(), acceptor.clone());
+    let reloader = Reloader::new(files, acceptor.clone()).with_connections(connections.clone());
     let limits = &config.limits;
     let accept_limits = AcceptLimits {
         handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
         max_handshakes: limits.max_handshakes,
         max_connections: limits.max_connections,
+        max_connections_per_address: limits.max_connections_per_address,
+        max_handshakes_per_address: limits.max_handshakes_per_address,
+        max_connections_per_certificate: limits.max_connections_per_certificate,
     };
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connections = Connections::new();
     let tracked = connections.clone();
     let incoming = tls::incoming(listener, acceptor, accept_limits, stop_rx.clone())
         .map(move |conn| conn.map(|c| tracked.track(c)));
     let sweeper = (config.tls.close_revoked_every_ms > 0).then(|| {
         let every = Duration::from_millis(config.tls.close_revoked_every_ms);
         connections.spawn_sweeper(store.clone(), every, stop_rx.clone())
+    });
+    let idle_reaper = (limits.idle_timeout_secs > 0).then(|| {
+        connections.spawn_idle_reaper(
+            Duration::from_secs(limits.idle_timeout_secs),
+            stop_rx.clone(),
+        )
     });
     let poll =
         (config.tls.reload_poll_ms > 0).then(|| Duration::from_millis(config.tls.reload_poll_ms));
@@ -358,12 +369,19 @@ async fn serve_once(
         DecodeBudget::new(limits.decoding_budget()),
         crate::codec::DecodeLimits::of(limits),
     );
-    let router = Server::builder()
+    let mut server = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
         .layer(decode_limits)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if limits.max_connection_age_secs > 0 {
+        // A graceful GOAWAY: calls in flight finish, the client reconnects.
+        server = server
+            .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(limits.max_connection_age_grace_secs));
+    }
+    let router = server
         .add_service(InterceptedService::new(
             intake,
             authorize(Access::Role(Role::Supplier), "Intake"),
@@ -430,6 +448,9 @@ async fn serve_once(
     reload_task.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
+    }
+    if let Some(reaper) = idle_reaper {
+        reaper.abort();
     }
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)

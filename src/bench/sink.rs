@@ -80,6 +80,7 @@ pub async fn serve(mode: SinkMode, config: PathBuf) -> Result<(), BenchError> {
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
         crls: config.tls.crls.clone(),
+        crl_expired: config.tls.crl_expired,
     };
     let server_config = tls::server_config(&files).map_err(|e| BenchError::Setup(e.to_string()))?;
     let file = match mode {
@@ -98,6 +99,7 @@ pub async fn serve(mode: SinkMode, config: PathBuf) -> Result<(), BenchError> {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         max_handshakes: config.limits.max_handshakes,
         max_connections: config.limits.max_connections,
+        ..AcceptLimits::default()
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
     let incoming = tls::incoming(

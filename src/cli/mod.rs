@@ -239,6 +239,7 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
         crls: config.tls.crls.clone(),
+        crl_expired: config.tls.crl_expired,
     };
     crate::tls::server_config(&files)?;
     println!("config OK");

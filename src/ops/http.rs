@@ -106,6 +106,8 @@ struct PageData {
     tls_refused: Option<u64>,
     /// The store's first failed write or sync, once it has failed.
     store_failure: Option<std::sync::Arc<crate::store::StoreFailure>>,
+    /// CRL files in force past their nextUpdate: (file, nextUpdate).
+    expired_crls: Vec<(String, String)>,
 }
 
 fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
@@ -131,6 +133,17 @@ fn gather(monitor: &Monitor) -> Result<PageData, OpsError> {
         expiring,
         tls_refused: monitor.handshake_counts().map(|h| h.rejected),
         store_failure,
+        expired_crls: monitor
+            .crls()
+            .into_iter()
+            .filter(|c| c.expired_at(now))
+            .map(|c| {
+                (
+                    c.file.display().to_string(),
+                    crate::tls::format_time(c.next_update),
+                )
+            })
+            .collect(),
     })
 }
 
@@ -237,6 +250,15 @@ fn render(d: &PageData) -> String {
             "<div class=\"card\" id=\"tls-refused\">Certificates refused at TLS (since start)\
              <b class=\"{}\">{refused}</b></div>",
             if refused > 0 { "bad" } else { "ok" },
+        );
+    }
+    for (file, next_update) in &d.expired_crls {
+        let _ = write!(
+            h,
+            "<div class=\"card\" id=\"crl-expired\">CRL past its nextUpdate ({})\
+             <b class=\"bad\">{}</b></div>",
+            esc(next_update),
+            esc(file),
         );
     }
     h.push_str("</div>");

@@ -45,6 +45,9 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     store_failed: IntGauge,
     sync_failures: IntCounter,
+    tls_connections_closed: IntCounterVec,
+    crl_expired: IntGaugeVec,
+    crl_next_update: GaugeVec,
 }
 
 /// What a scrape reads from the store.
@@ -62,6 +65,10 @@ pub struct Snapshot {
     pub store_failed: bool,
     /// Failed sync rounds since the store was opened.
     pub sync_failures: u64,
+    /// Open connections closed by a TLS re-verification, by reason code.
+    pub tls_closed: Vec<(&'static str, u64)>,
+    /// The CRLs in force: (file, past its nextUpdate now, nextUpdate).
+    pub crls: Vec<(String, bool, Option<SystemTime>)>,
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -183,7 +190,8 @@ impl Metrics {
             "schakel_tls_handshakes_total",
             "TLS handshakes on the gRPC port, by outcome: ok, rejected (client certificate \
              missing, from an unknown CA, expired, not yet valid or in a CRL), failed (not TLS, \
-             an old version, a reset), timeout.",
+             an old version, a reset), timeout, limited (closed by a per-address or \
+             per-certificate connection cap).",
             &["outcome"],
         )?;
         let store_failed = gauge(
@@ -195,6 +203,28 @@ impl Metrics {
             "schakel_store_sync_failures_total",
             "Store sync rounds (flush and fsync) that failed.",
         )?;
+        let tls_connections_closed = counter_vec(
+            "schakel_tls_connections_closed_total",
+            "Open connections closed because their client chain no longer verified with the \
+             TLS material in force (after a reload), by reason code.",
+            &["reason"],
+        )?;
+        let crl_expired = IntGaugeVec::new(
+            Opts::new(
+                "schakel_crl_expired",
+                "1 when the CRL file in force is past its nextUpdate (see tls.crl_expired).",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(crl_expired.clone()))?;
+        let crl_next_update = GaugeVec::new(
+            Opts::new(
+                "schakel_crl_next_update_seconds",
+                "nextUpdate (unix seconds) of the CRL file in force; alert well before it passes.",
+            ),
+            &["file"],
+        )?;
+        registry.register(Box::new(crl_next_update.clone()))?;
         Ok(Metrics {
             render_lock: std::sync::Mutex::new(()),
             registry,
@@ -219,6 +249,9 @@ impl Metrics {
             tls_handshakes,
             store_failed,
             sync_failures,
+            tls_connections_closed,
+            crl_expired,
+            crl_next_update,
         })
     }
 
@@ -287,8 +320,27 @@ impl Metrics {
                 ("rejected", h.rejected),
                 ("failed", h.failed),
                 ("timeout", h.timed_out),
+                ("limited", h.limited),
             ] {
                 follow(&self.tls_handshakes.with_label_values(&[outcome]), value);
+            }
+        }
+        for (reason, value) in &snap.tls_closed {
+            follow(
+                &self.tls_connections_closed.with_label_values(&[*reason]),
+                *value,
+            );
+        }
+        self.crl_expired.reset();
+        self.crl_next_update.reset();
+        for (file, expired, next_update) in &snap.crls {
+            self.crl_expired
+                .with_label_values(&[file.as_str()])
+                .set(i64::from(*expired));
+            if let Some(next) = next_update {
+                self.crl_next_update
+                    .with_label_values(&[file.as_str()])
+                    .set(unix_secs(*next));
             }
         }
         self.queue_depth.set(clamp(snap.queue.depth));

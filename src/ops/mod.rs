@@ -186,6 +186,15 @@ impl Monitor {
             .map(crate::tls::TlsAcceptorHandle::handshake_counts)
     }
 
+    /// The CRLs in force, when an acceptor is watched.
+    pub fn crls(&self) -> Vec<crate::tls::CrlInfo> {
+        self.inner
+            .tls
+            .get()
+            .map(|t| t.crls().to_vec())
+            .unwrap_or_default()
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -252,6 +261,23 @@ impl Monitor {
             suppliers: read_or_empty(self.supplier_statuses(now), failed)?,
             store_bytes: store.size_on_disk().ok(),
             handshakes: self.handshake_counts(),
+            tls_closed: self
+                .inner
+                .tls
+                .get()
+                .map(crate::tls::TlsAcceptorHandle::closed_counts)
+                .unwrap_or_default(),
+            crls: self
+                .crls()
+                .iter()
+                .map(|c| {
+                    (
+                        c.file.display().to_string(),
+                        c.expired_at(now),
+                        c.next_update,
+                    )
+                })
+                .collect(),
         };
         self.inner.metrics.render(&snap, now)
     }

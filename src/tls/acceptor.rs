@@ -1,7 +1,8 @@
 //! The TLS accept loop that feeds tonic authenticated connections.
 //!
 //! Owns: accepting TCP connections, running each TLS handshake in its own task under a
-//! timeout and a concurrency cap, limiting open connections, turning the verified client
+//! timeout and a concurrency cap, limiting open connections (in all, per client IP address,
+//! handshakes per IP address, and per client certificate: [`AcceptLimits`]), turning the verified client
 //! certificate into a [`PeerInfo`], the reloadable handle to the current server config
 //! ([`TlsAcceptorHandle`]), and the counts of handshake outcomes ([`HandshakeCounts`]) that
 //! the metrics show.
@@ -14,15 +15,20 @@
 //! Called by: the server (`Server::serve_with_incoming_shutdown(svc, incoming(..), signal)`),
 //! the reloader (`TlsAcceptorHandle::swap`), and tests.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -30,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{describe, PeerInfo};
+use super::{describe, CrlInfo, PeerInfo, TlsMaterial};
 
 /// Shortest pause after a transient accept error (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -42,11 +48,26 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Cheap to clone; all clones share the one current config.
 #[derive(Clone)]
 pub struct TlsAcceptorHandle {
-    /// The config new handshakes start with. A std lock: held only to clone or replace the
-    /// `Arc`, never across an `.await`.
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The material new handshakes start with. A std lock: held only to clone or replace
+    /// it, never across an `.await`.
+    current: Arc<RwLock<Current>>,
     /// Outcomes of the handshakes run with this handle, since it was made.
     outcomes: Arc<HandshakeCounters>,
+    /// Open connections closed because their chain no longer verified, by reason code.
+    closed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+}
+
+/// What new handshakes use now.
+#[derive(Clone)]
+struct Current {
+    config: Arc<ServerConfig>,
+    /// The client verifier inside `config`, when known (built by [`super::server_material`]).
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The CRLs in force.
+    crls: Arc<[CrlInfo]>,
+    /// Counts the swaps: a connection whose handshake used an older generation than the
+    /// newest re-verification is re-verified when it is tracked.
+    generation: u64,
 }
 
 /// Handshake outcomes since the acceptor started.
@@ -61,6 +82,9 @@ pub struct HandshakeCounts {
     pub failed: u64,
     /// Not finished within the handshake timeout.
     pub timed_out: u64,
+    /// Closed by a per-address or per-certificate cap ([`AcceptLimits`]): at accept,
+    /// before any handshake, or right after it.
+    pub limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +93,7 @@ struct HandshakeCounters {
     rejected: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    limited: AtomicU64,
 }
 
 impl std::fmt::Debug for TlsAcceptorHandle {
@@ -81,9 +106,76 @@ impl TlsAcceptorHandle {
     /// A handle serving `config` until the first [`swap`](Self::swap).
     pub fn new(config: Arc<ServerConfig>) -> Self {
         Self {
-            current: Arc::new(RwLock::new(config)),
+            current: Arc::new(RwLock::new(Current {
+                config,
+                verifier: None,
+                crls: Arc::from(Vec::new()),
+                generation: 0,
+            })),
             outcomes: Arc::default(),
+            closed: Arc::default(),
         }
+    }
+
+    /// A handle serving `material` until the first swap or [`install`](Self::install).
+    pub fn from_material(material: &TlsMaterial) -> Self {
+        let handle = Self::new(material.config.clone());
+        handle.install(material);
+        handle
+    }
+
+    /// Puts `material` in force for every handshake that starts from now on (as
+    /// [`swap`](Self::swap)), keeping its verifier for [`verifier`](Self::verifier) and its
+    /// CRL summaries for [`crls`](Self::crls).
+    pub fn install(&self, material: &TlsMaterial) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Current {
+            config: material.config.clone(),
+            verifier: Some(material.verifier.clone()),
+            crls: Arc::from(material.crls.clone()),
+            generation: current.generation + 1,
+        };
+    }
+
+    /// The generation of the material in force and its client verifier (`None` when it was
+    /// put in force with a bare config by [`new`](Self::new) or [`swap`](Self::swap)).
+    pub fn verifier(&self) -> (u64, Option<Arc<dyn ClientCertVerifier>>) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.generation, current.verifier.clone())
+    }
+
+    /// The CRLs in force (empty without CRLs, or after a bare [`swap`](Self::swap)).
+    pub fn crls(&self) -> Arc<[CrlInfo]> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crls
+            .clone()
+    }
+
+    /// Counts one open connection closed because its chain no longer verified.
+    pub fn count_closed(&self, code: &'static str) {
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// Open connections closed after a re-verification, by reason code, since start.
+    pub fn closed_counts(&self) -> Vec<(&'static str, u64)> {
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    fn current_with_generation(&self) -> (Arc<ServerConfig>, u64) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.config.clone(), current.generation)
     }
 
     /// Handshake outcomes so far (all clones share them).
@@ -94,6 +186,7 @@ impl TlsAcceptorHandle {
             rejected: o.rejected.load(Ordering::Relaxed),
             failed: o.failed.load(Ordering::Relaxed),
             timed_out: o.timed_out.load(Ordering::Relaxed),
+            limited: o.limited.load(Ordering::Relaxed),
         }
     }
 
@@ -101,16 +194,19 @@ impl TlsAcceptorHandle {
     /// and open connections keep the config they started with. Build `config` with
     /// [`super::server_config`], which validates it, before swapping.
     pub fn swap(&self, config: Arc<ServerConfig>) {
-        // A poisoned lock still holds a whole `Arc`: nothing can be half-written.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        // A poisoned lock still holds a whole value: nothing can be half-written.
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Current {
+            config,
+            verifier: None,
+            crls: Arc::from(Vec::new()),
+            generation: current.generation + 1,
+        };
     }
 
     /// The config new handshakes use now.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current_with_generation().0
     }
 }
 
@@ -124,6 +220,17 @@ pub struct AcceptLimits {
     /// Open authenticated connections (default 1024); beyond it, accepting waits, so new
     /// clients queue in the kernel's listen backlog.
     pub max_connections: usize,
+    /// Connections from one IP address at once, in handshake or open (default 256); a new
+    /// one beyond it is closed at once, before its handshake.
+    pub max_connections_per_address: usize,
+    /// Handshakes in progress from one IP address (default 32); a new connection beyond it
+    /// is closed at once, so silent sockets from one address cannot take all the
+    /// `max_handshakes` slots.
+    pub max_handshakes_per_address: usize,
+    /// Open connections per client certificate (default 64); a new one beyond it is closed
+    /// right after its handshake, so one certificate (registered or not) cannot take all
+    /// the `max_connections` slots.
+    pub max_connections_per_certificate: usize,
 }
 
 impl Default for AcceptLimits {
@@ -132,6 +239,58 @@ impl Default for AcceptLimits {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            max_handshakes_per_address: 32,
+            max_connections_per_certificate: 64,
+        }
+    }
+}
+
+/// Counts per key (an IP address, a certificate fingerprint) with a cap.
+struct Tally<K> {
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> Tally<K> {
+    fn new() -> Arc<Self> {
+        Arc::new(Tally {
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more for `key` unless it has `max` already; released when the guard drops.
+    fn acquire(self: &Arc<Self>, key: K, max: usize) -> Option<TallyGuard<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(TallyGuard {
+            tally: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One counted item of a [`Tally`]; counted down on drop.
+struct TallyGuard<K: Hash + Eq> {
+    tally: Arc<Tally<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for TallyGuard<K> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .tally
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }
@@ -143,9 +302,15 @@ impl Default for AcceptLimits {
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// The [`TlsAcceptorHandle`] generation whose config ran the handshake.
+    generation: u64,
     /// One of `AcceptLimits::max_connections` permits, held for the connection's lifetime and
     /// released on drop, so the accept loop stops accepting while the server is full.
     _permit: OwnedSemaphorePermit,
+    /// Counts this connection against its IP address's cap.
+    _address: TallyGuard<IpAddr>,
+    /// Counts this connection against its certificate's cap.
+    _certificate: TallyGuard<String>,
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -160,6 +325,16 @@ impl TlsConn {
     /// The client's identity as verified at the handshake.
     pub fn peer(&self) -> &PeerInfo {
         &self.peer
+    }
+
+    /// The client's certificate chain as presented at the handshake (end entity first).
+    pub fn peer_chain(&self) -> &[CertificateDer<'static>] {
+        self.stream.get_ref().1.peer_certificates().unwrap_or(&[])
+    }
+
+    /// The generation of the acceptor's material that ran the handshake.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The negotiated TLS protocol version.
@@ -262,6 +437,9 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let handshake_slots = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
+    let per_address = Tally::<IpAddr>::new();
+    let handshakes_per_address = Tally::<IpAddr>::new();
+    let per_certificate = Tally::<String>::new();
     // Owns the handshake tasks, so that ending the loop aborts them (and their senders).
     let mut handshakes: JoinSet<()> = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -311,15 +489,31 @@ async fn accept_loop(
                 continue;
             }
         };
+        let ip = remote_addr.ip();
+        let guards = per_address
+            .acquire(ip, limits.max_connections_per_address)
+            .and_then(|conn| {
+                let hs = handshakes_per_address.acquire(ip, limits.max_handshakes_per_address)?;
+                Some((conn, hs))
+            });
+        let Some((address_guard, hs_address_guard)) = guards else {
+            acceptor.outcomes.limited.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote_addr, "connection closed: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
 
-        let config = acceptor.current();
+        let (config, generation) = acceptor.current_with_generation();
         let outcomes = Arc::clone(&acceptor.outcomes);
         let timeout = limits.handshake_timeout;
+        let max_per_certificate = limits.max_connections_per_certificate;
+        let per_certificate = Arc::clone(&per_certificate);
         let tx = tx.clone();
         handshakes.spawn(async move {
             let result = tokio::time::timeout(timeout, handshake(config, tcp, remote_addr)).await;
             drop(hs_permit);
+            drop(hs_address_guard);
             let counter = match &result {
                 Ok(Ok(_)) => &outcomes.ok,
                 Ok(Err(HandshakeError::Rejected(_))) => &outcomes.rejected,
@@ -329,6 +523,17 @@ async fn accept_loop(
             counter.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(Ok((stream, peer))) => {
+                    let Some(certificate_guard) =
+                        per_certificate.acquire(peer.fingerprint.clone(), max_per_certificate)
+                    else {
+                        outcomes.limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            remote_addr = %peer.remote_addr,
+                            fingerprint = %peer.fingerprint,
+                            "connection closed: too many open with this certificate"
+                        );
+                        return;
+                    };
                     tracing::debug!(
                         remote_addr = %peer.remote_addr,
                         subject = %peer.subject,
@@ -338,7 +543,10 @@ async fn accept_loop(
                     let conn = TlsConn {
                         stream,
                         peer,
+                        generation,
                         _permit: conn_permit,
+                        _address: address_guard,
+                        _certificate: certificate_guard,
                     };
                     // Fails only if the server stopped listening; the connection is dropped.
                     let _ = tx.send(Ok(conn)).await;
@@ -446,6 +654,7 @@ mod tests {
             key: write(dir.path(), "server.key", &key),
             client_ca: write(dir.path(), "ca.pem", &ca.cert_pem()),
             crls: vec![],
+            crl_expired: crate::tls::CrlExpiredPolicy::Warn,
         };
         Pki { dir, ca, files }
     }
@@ -770,6 +979,62 @@ mod tests {
         drop(first_conn);
         let _second_conn = next_conn(&mut incoming).await;
         second.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn per_certificate_and_per_address_caps_close_the_excess_at_once() {
+        let pki = pki();
+        let limits = AcceptLimits {
+            max_connections_per_certificate: 1,
+            max_handshakes_per_address: 1,
+            ..AcceptLimits::default()
+        };
+        let (addr, mut incoming, handle, _stop) =
+            start(server_config(&pki.files).unwrap(), limits).await;
+        let client = pki
+            .ca
+            .client_cert("supplier-a", &ClientCertOptions::default())
+            .unwrap();
+        let other = pki
+            .ca
+            .client_cert("supplier-b", &ClientCertOptions::default())
+            .unwrap();
+
+        // One connection per certificate: the second of the same certificate is closed
+        // right after its handshake; another certificate still gets in.
+        let _first = connect(addr, client_for(&pki, Some(&client)))
+            .await
+            .unwrap();
+        let first_conn = next_conn(&mut incoming).await;
+        assert!(rejected(addr, client_for(&pki, Some(&client))).await);
+        let _other = connect(addr, client_for(&pki, Some(&other))).await.unwrap();
+        assert_eq!(
+            next_conn(&mut incoming).await.peer().fingerprint,
+            fingerprint(&der(&other.0))
+        );
+        assert_eq!(handle.handshake_counts().limited, 1);
+        // Closing the first frees its certificate's slot.
+        drop(first_conn);
+        let _again = connect(addr, client_for(&pki, Some(&client)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_conn(&mut incoming).await.peer().fingerprint,
+            fingerprint(&der(&client.0))
+        );
+
+        // One handshake at a time per address: while a silent socket holds it, the next
+        // socket from 127.0.0.1 is closed at once, not after the handshake timeout.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, second.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(handle.handshake_counts().limited, 2);
     }
 
     #[tokio::test]

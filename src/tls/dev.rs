@@ -101,11 +101,23 @@ pub struct ClientCertOptions {
     pub serial: Option<u64>,
 }
 
+/// Options for [`TestCa::crl_pem_with`].
+#[derive(Debug, Clone, Default)]
+pub struct CrlOptions {
+    /// thisUpdate; default a minute ago.
+    pub this_update: Option<SystemTime>,
+    /// nextUpdate; default 30 days from now.
+    pub next_update: Option<SystemTime>,
+}
+
 /// A throwaway certificate authority for tests and the benchmark.
 pub struct TestCa {
     /// Signs certificates and CRLs; holds the CA's name, key usages and key.
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    /// The certificates between this CA and its root (this CA's own first), appended to
+    /// every leaf it issues so that clients send the whole chain; empty for a root.
+    chain_pem: String,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -146,6 +158,44 @@ impl TestCa {
         Ok(TestCa {
             issuer: Issuer::new(params, key),
             cert_pem: cert.pem(),
+            chain_pem: String::new(),
+        })
+    }
+
+    /// An intermediate CA signed by this CA (serial `serial`, default random). Its leaves
+    /// carry the chain up to (not including) the root, so a server trusting only the root
+    /// verifies them.
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`] if rcgen fails.
+    pub fn intermediate(&self, common_name: &str, serial: Option<u64>) -> Result<TestCa, TlsError> {
+        let what = || format!("intermediate CA certificate {common_name}");
+        let key = KeyPair::generate().map_err(gen_err(what()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, DEV_ORG);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = default_validity();
+        params.serial_number = Some(SerialNumber::from(serial.unwrap_or_else(random_serial)));
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(gen_err(what()))?;
+        let cert_pem = cert.pem();
+        Ok(TestCa {
+            issuer: Issuer::new(params, key),
+            chain_pem: format!("{cert_pem}{}", self.chain_pem),
+            cert_pem,
         })
     }
 
@@ -238,7 +288,10 @@ impl TestCa {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(gen_err(what()))?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((
+            format!("{}{}", cert.pem(), self.chain_pem),
+            key.serialize_pem(),
+        ))
     }
 
     /// A CRL issued by this CA revoking the given serials (PEM), valid from a minute ago for
@@ -247,10 +300,26 @@ impl TestCa {
     /// # Errors
     /// [`TlsError::Generate`] if rcgen fails.
     pub fn crl_pem(&self, revoked_serials: &[u64]) -> Result<String, TlsError> {
+        self.crl_pem_with(revoked_serials, &CrlOptions::default())
+    }
+
+    /// [`crl_pem`](Self::crl_pem) with explicit thisUpdate / nextUpdate (e.g. an expired CRL).
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`] if rcgen fails.
+    pub fn crl_pem_with(
+        &self,
+        revoked_serials: &[u64],
+        opts: &CrlOptions,
+    ) -> Result<String, TlsError> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(1),
-            next_update: now + Duration::days(30),
+            this_update: opts
+                .this_update
+                .map_or(now - Duration::minutes(1), OffsetDateTime::from),
+            next_update: opts
+                .next_update
+                .map_or(now + Duration::days(30), OffsetDateTime::from),
             crl_number: SerialNumber::from(random_serial()),
             issuing_distribution_point: None,
             revoked_certs: revoked_serials

@@ -1,8 +1,12 @@
 //! TLS material: from PEM files to a verified, mutually authenticated rustls server config.
 //!
 //! Owns: loading certificates, keys and CRLs from PEM files ([`load_certs`], [`load_key`],
-//! [`load_crls`]); building the one server configuration the gRPC port uses
-//! ([`server_config`]: TLS 1.3/1.2, ring, client certificate *required*, ALPN `h2`);
+//! [`load_crls`]; a CRL that cannot be used is refused saying why, naming the file);
+//! building the one server configuration the gRPC port uses ([`server_config`],
+//! [`server_material`]: TLS 1.3/1.2, ring, client certificate *required*, revocation
+//! checked along the whole chain, [`CrlExpiredPolicy`], ALPN `h2`), with the client
+//! verifier and CRL summaries ([`CrlInfo`]) kept for re-verifying open connections and for
+//! the metrics;
 //! certificate fingerprints and human-readable descriptions ([`fingerprint`], [`describe`]);
 //! and the identity a client presented at the handshake ([`PeerInfo`]).
 //! [`acceptor`] runs the TLS accept loop that feeds tonic; [`dev`] generates development and
@@ -12,9 +16,9 @@
 //! from the identity, later, in the server's interceptor), or read configuration files —
 //! callers pass paths.
 //!
-//! Called by: the server (startup and certificate reload: build a new config with
-//! [`server_config`], then [`acceptor::TlsAcceptorHandle::swap`]), the CLI (`certs dev`,
-//! `certs show`), and tests.
+//! Called by: the server (startup and certificate reload: build new material with
+//! [`server_material`], then [`acceptor::TlsAcceptorHandle::install`]), the CLI (`certs dev`,
+//! `certs show`, `check-config`), the benchmark's sink, and tests.
 
 pub mod acceptor;
 pub mod dev;
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -145,32 +150,205 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     load_key_as("reading private key", path)
 }
 
-/// Reads every CRL in each of the PEM files, checking that each one parses as a CRL.
+/// What the gateway does with a CRL past its nextUpdate (`tls.crl_expired`).
+///
+/// Either way the expiry is reported: a WARN in the log at every (re)load, the
+/// `schakel_crl_expired{file}` metric and a line on the status page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpiredPolicy {
+    /// Keep using the stale CRL (its entries still revoke) and report it. The
+    /// default (issue 11's decision): a CA that publishes late must not lock every
+    /// supplier of the national switch point out at once; the metric
+    /// `schakel_crl_next_update_seconds{file}` lets on-call act before it passes.
+    #[default]
+    Warn,
+    /// Refuse client certificates whose revocation status comes from an expired CRL, at
+    /// the handshake and when open connections are re-verified, as OpenSSL (and so
+    /// PostgreSQL's `ssl_crl_file`) and BoringSSL (Envoy) verify: for a deployment
+    /// that prefers a lock-out to trusting a stale list.
+    Refuse,
+}
+
+/// One CRL in force, summarised for logs, metrics and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// The CRL number, lowercase hex.
+    pub number: String,
+    /// thisUpdate.
+    pub this_update: SystemTime,
+    /// nextUpdate, when the CRL has one.
+    pub next_update: Option<SystemTime>,
+    /// Number of revoked serials listed.
+    pub revoked: usize,
+}
+
+impl CrlInfo {
+    /// Whether the CRL is past its nextUpdate at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.next_update.is_some_and(|next| now > next)
+    }
+}
+
+/// Reads every CRL in each of the PEM files, checking that each one parses as a CRL the
+/// verifier can use (version 2, with a CRL number).
 ///
 /// # Errors
-/// [`TlsError::Io`] if a file cannot be read, [`TlsError::Invalid`] naming the file if its PEM
-/// is malformed, it holds no CRL, or a CRL does not parse.
+/// [`TlsError::Io`] if a file cannot be read, [`TlsError::Invalid`] naming the file and saying
+/// what is wrong: not PEM, no CRL in it (e.g. a certificate), not an X.509 CRL, a version 1
+/// CRL, no CRL number extension.
 pub fn load_crls(
     paths: &[PathBuf],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    Ok(load_crl_files(paths, None)?
+        .into_iter()
+        .map(|(der, _)| der)
+        .collect())
+}
+
+/// [`load_crls`], and with `cas` (the client CA bundle and its path) also: each CRL's issuer
+/// is a CA in the bundle, that CA may sign CRLs, and the CRL's signature verifies with its key.
+fn load_crl_files(
+    paths: &[PathBuf],
+    cas: Option<(&[CertificateDer<'static>], &Path)>,
+) -> Result<Vec<(CertificateRevocationListDer<'static>, CrlInfo)>, TlsError> {
     const ACTION: &str = "reading CRL";
     let mut crls = Vec::new();
     for path in paths {
         let pem = read_file(ACTION, path)?;
         let found = CertificateRevocationListDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid(ACTION, path, format!("invalid PEM: {e}")))?;
+            .map_err(|e| invalid(ACTION, path, format!("not valid PEM: {e}")))?;
         if found.is_empty() {
-            return Err(invalid(ACTION, path, "no CRLs found"));
+            let why = if CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok()) {
+                "no CRLs found: the file holds a certificate, not a CRL \
+                 (expected -----BEGIN X509 CRL-----)"
+            } else {
+                "no CRLs found (expected PEM blocks -----BEGIN X509 CRL-----)"
+            };
+            return Err(invalid(ACTION, path, why));
         }
-        for (i, crl) in found.iter().enumerate() {
-            x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
-                invalid(ACTION, path, format!("CRL #{} does not parse: {e}", i + 1))
-            })?;
+        for (i, der) in found.into_iter().enumerate() {
+            let info = check_crl(der.as_ref(), path, cas)
+                .map_err(|why| invalid(ACTION, path, format!("CRL #{}: {why}", i + 1)))?;
+            crls.push((der, info));
         }
-        crls.extend(found);
     }
     Ok(crls)
+}
+
+/// Why one DER CRL cannot be used, in words; else its summary.
+fn check_crl(
+    der: &[u8],
+    path: &Path,
+    cas: Option<(&[CertificateDer<'static>], &Path)>,
+) -> Result<CrlInfo, String> {
+    use x509_parser::prelude::FromDer;
+    let (rest, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+        .map_err(|e| format!("not an X.509 CRL ({e})"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after the CRL", rest.len()));
+    }
+    let issuer = crl.issuer().to_string();
+    if crl.version() != Some(x509_parser::x509::X509Version::V2) {
+        return Err(format!(
+            "issued by {issuer} is a version 1 CRL; the verifier needs a version 2 CRL \
+             with a CRL number extension (RFC 5280 5.2.3)"
+        ));
+    }
+    // webpki needs the extensions field (RFC 5280 5.2: a CRL number and an authority key
+    // identifier are required); it tolerates a CRL number's absence among other extensions.
+    let number = match crl.crl_number() {
+        Some(number) => {
+            let number = number.to_bytes_be();
+            if number.len() > 20 {
+                return Err(format!(
+                    "issued by {issuer} has a CRL number longer than 20 octets (RFC 5280 5.2.3)"
+                ));
+            }
+            hex::encode(number)
+        }
+        None if crl.extensions().is_empty() => {
+            return Err(format!(
+                "issued by {issuer} has no CRL number extension (RFC 5280 5.2.3) and no \
+                 extensions at all, which the verifier requires; have the CA publish it \
+                 with a CRL number"
+            ));
+        }
+        None => {
+            tracing::warn!(
+                file = %path.display(),
+                %issuer,
+                "CRL has no CRL number extension (RFC 5280 5.2.3); used anyway"
+            );
+            String::new()
+        }
+    };
+    if let Some((bundle, bundle_path)) = cas {
+        // Of the CAs of that name (two may share one), the one whose key signed the CRL.
+        let named: Vec<_> = bundle
+            .iter()
+            .filter_map(|ca| {
+                let (_, cert) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+                (cert.subject().as_raw() == crl.issuer().as_raw()).then_some(cert)
+            })
+            .collect();
+        let ca = named
+            .iter()
+            .find(|ca| crl.verify_signature(ca.public_key()).is_ok())
+            .or(named.first());
+        match ca {
+            // An intermediate CA the clients send: webpki checks the signature at use.
+            None => tracing::info!(
+                file = %path.display(),
+                %issuer,
+                "CRL issuer is not in the client CA bundle: it applies to chains through \
+                 an intermediate CA of that name; its signature is checked at the handshake"
+            ),
+            Some(ca) => {
+                if let Ok(Some(usage)) = ca.key_usage() {
+                    if !usage.value.crl_sign() {
+                        return Err(format!(
+                            "issued by {issuer}, whose CA certificate in {} may not sign \
+                             CRLs (no cRLSign key usage)",
+                            bundle_path.display()
+                        ));
+                    }
+                }
+                crl.verify_signature(ca.public_key()).map_err(|e| {
+                    format!(
+                        "the signature does not verify with the key of {issuer} in the \
+                         client CA bundle {} ({e}): the CRL was signed by another CA of \
+                         that name or was altered",
+                        bundle_path.display()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(summary(&crl, path, issuer, number))
+}
+
+fn summary(
+    crl: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+    path: &Path,
+    issuer: String,
+    number: String,
+) -> CrlInfo {
+    CrlInfo {
+        file: path.to_path_buf(),
+        issuer,
+        number,
+        this_update: unix_to_system_time(crl.last_update().timestamp()),
+        next_update: crl
+            .next_update()
+            .map(|t| unix_to_system_time(t.timestamp())),
+        revoked: crl.iter_revoked_certificates().count(),
+    }
 }
 
 /// SHA-256 of the DER certificate, lowercase hex (64 chars).
@@ -285,17 +463,57 @@ pub struct ServerTlsFiles {
     pub client_ca: PathBuf,
     /// CRLs (PEM) checked against client certificates; may be empty.
     pub crls: Vec<PathBuf>,
+    /// What to do with a CRL past its nextUpdate.
+    pub crl_expired: CrlExpiredPolicy,
+}
+
+/// Everything [`server_material`] built from the files, validated as a whole.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// The server config new handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// The client certificate verifier inside `config`, kept to re-verify the chains of
+    /// open connections after a reload.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The server certificate presented.
+    pub server: CertInfo,
+    /// Certificates in the client CA bundle.
+    pub client_cas: usize,
+    /// The CRLs in force.
+    pub crls: Vec<CrlInfo>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("server", &self.server)
+            .field("client_cas", &self.client_cas)
+            .field("crls", &self.crls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds the server config: TLS 1.3 and 1.2 only (explicit protocol versions), ring provider,
 /// client certificate REQUIRED and verified against the client CA bundle (WebPkiClientVerifier,
 /// with the CRLs if any), ALPN "h2", the key must match the certificate, and the server
 /// certificate must be currently valid (not expired / not yet valid) -> else an error.
+/// See [`server_material`] for revocation.
 ///
-/// Revocation: with CRLs, the client's end-entity certificate is checked (not its
-/// intermediates), and a client whose issuer has no CRL among them is refused (unknown
-/// revocation status is an error). A CRL past its nextUpdate is still used. Without CRLs no
-/// revocation check is made.
+/// # Errors
+/// As [`server_material`].
+pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_material(files).map(|m| m.config)
+}
+
+/// [`server_config`], with the client verifier and summaries of what it put in force.
+///
+/// Revocation: with CRLs, every certificate of the client's chain below the trust anchor is
+/// checked (the end entity and its intermediates), and a certificate whose issuer has no CRL
+/// among them is refused (unknown revocation status is an error, as in Envoy: once CRLs are
+/// configured, every CA of a chain needs one). A CRL past its nextUpdate is used and reported
+/// ([`CrlExpiredPolicy::Warn`]) or makes the certificates it covers refused
+/// ([`CrlExpiredPolicy::Refuse`]). Without CRLs no revocation check is made. Each CRL must be
+/// issued by a CA in the client CA bundle and verify with its key.
 ///
 /// Any RSA (2048..8192 bits) or ECDSA (P-256, P-384) client certificate chaining to the bundle
 /// is accepted; the client's identity is read from it by the acceptor ([`PeerInfo`]).
@@ -303,9 +521,9 @@ pub struct ServerTlsFiles {
 /// # Errors
 /// [`TlsError::Io`] / [`TlsError::Invalid`] naming the file that is missing, unreadable, empty,
 /// malformed, a key that does not match the certificate, a server certificate that is expired
-/// or not yet valid, a CA bundle rustls cannot use as trust anchors; [`TlsError::Config`] if
-/// rustls refuses the protocol versions.
-pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// or not yet valid, a CA bundle rustls cannot use as trust anchors, a CRL that cannot be used
+/// (saying why); [`TlsError::Config`] if rustls refuses the protocol versions.
+pub fn server_material(files: &ServerTlsFiles) -> Result<TlsMaterial, TlsError> {
     const CERT: &str = "reading server certificate";
     const KEY: &str = "reading server key";
     const CA: &str = "reading client CA bundle";
@@ -316,9 +534,10 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
     check_validity(&leaf, SystemTime::now())
         .map_err(|reason| invalid("checking server certificate", &files.cert, reason))?;
 
+    let cas = load_certs_as(CA, &files.client_ca)?;
     let mut roots = RootCertStore::empty();
-    for (i, ca) in load_certs_as(CA, &files.client_ca)?.into_iter().enumerate() {
-        roots.add(ca).map_err(|e| {
+    for (i, ca) in cas.iter().enumerate() {
+        roots.add(ca.clone()).map_err(|e| {
             invalid(
                 CA,
                 &files.client_ca,
@@ -326,27 +545,57 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             )
         })?;
     }
-    let crls = load_crls(&files.crls)?;
+    let (crls, crl_infos): (Vec<_>, Vec<_>) =
+        load_crl_files(&files.crls, Some((&cas, &files.client_ca)))?
+            .into_iter()
+            .unzip();
+    let now = SystemTime::now();
+    for crl in crl_infos.iter().filter(|c| c.expired_at(now)) {
+        tracing::warn!(
+            file = %crl.file.display(),
+            issuer = %crl.issuer,
+            next_update = %format_time(crl.next_update),
+            policy = ?files.crl_expired,
+            "CRL is past its nextUpdate: publish a fresh one"
+        );
+    }
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .only_check_end_entity_revocation()
-        .build()
-        .map_err(|e| {
-            invalid(
-                "building the client certificate verifier from",
-                &files.client_ca,
-                e,
-            )
-        })?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls);
+    if files.crl_expired == CrlExpiredPolicy::Refuse {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let verifier = builder.build().map_err(|e| match e {
+        // The checks above catch what they can name; this is what webpki still refuses.
+        rustls::server::VerifierBuilderError::InvalidCrl(crl) => TlsError::Invalid {
+            action: "reading CRL",
+            path: files.crls.first().cloned().unwrap_or_default(),
+            reason: format!(
+                "a CRL of tls.crls ({}) cannot be used: {}",
+                files
+                    .crls
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crl_error_words(&crl)
+            ),
+        },
+        e => invalid(
+            "building the client certificate verifier from",
+            &files.client_ca,
+            e,
+        ),
+    })?;
 
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config {
             reason: e.to_string(),
         })?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => invalid(
@@ -360,7 +609,41 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
             e => invalid(KEY, &files.key, e),
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    Ok(TlsMaterial {
+        config: Arc::new(config),
+        verifier,
+        server: leaf,
+        client_cas: cas.len(),
+        crls: crl_infos,
+    })
+}
+
+/// What a CRL error of the verifier means, in words.
+fn crl_error_words(e: &rustls::CertRevocationListError) -> String {
+    use rustls::CertRevocationListError as E;
+    match e {
+        E::ParseError => "it does not parse as an RFC 5280 CRL (e.g. no extensions)".into(),
+        E::UnsupportedCrlVersion => "only version 2 CRLs are supported".into(),
+        E::UnsupportedCriticalExtension => "it has a critical extension the verifier does not \
+             support"
+            .into(),
+        E::UnsupportedDeltaCrl => "delta CRLs are not supported; configure the full CRL".into(),
+        E::UnsupportedIndirectCrl => "indirect CRLs are not supported".into(),
+        E::UnsupportedRevocationReason => "it lists an unsupported revocation reason".into(),
+        E::InvalidCrlNumber => "its CRL number is not a non-negative integer of at most 20 \
+             octets"
+            .into(),
+        E::InvalidRevokedCertSerialNumber => "it lists an invalid serial number".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// RFC 3339 (seconds), or "none".
+pub fn format_time(t: Option<SystemTime>) -> String {
+    t.map_or_else(
+        || "none".to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
 }
 
 /// `Err(reason)` unless `now` lies within the certificate's validity.
@@ -417,6 +700,7 @@ mod tests {
             key: dir.join("server.key"),
             client_ca: dir.join("ca.pem"),
             crls: vec![],
+            crl_expired: CrlExpiredPolicy::Warn,
         }
     }
 
@@ -593,6 +877,103 @@ mod tests {
             .to_string();
         assert!(err.contains("no CRLs found"), "{err}");
         assert!(load_crls(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn crl_checks_name_the_file_and_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = dev_files(dir.path());
+        let ca_pem = std::fs::read_to_string(&files.client_ca).unwrap();
+        // The dev CA's own key is not at hand here: a CA with the same name, other key.
+        let impostor = TestCa::new("Schakel DEV CA - NOT FOR PRODUCTION").unwrap();
+        let unrelated = TestCa::new("unrelated CA").unwrap();
+        for (name, contents, why) in [
+            (
+                "cert.pem",
+                ca_pem.clone(),
+                "the file holds a certificate, not a CRL",
+            ),
+            (
+                "text.pem",
+                "hello".to_owned(),
+                "no CRLs found (expected PEM blocks",
+            ),
+            (
+                "broken.pem",
+                "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".to_owned(),
+                "CRL #1: not an X.509 CRL",
+            ),
+            (
+                "impostor.pem",
+                impostor.crl_pem(&[]).unwrap(),
+                "CRL #1: the signature does not verify with the key of",
+            ),
+        ] {
+            files.crls = vec![write(dir.path(), name, &contents)];
+            let err = server_config(&files).unwrap_err().to_string();
+            assert!(err.starts_with("reading CRL "), "{err}");
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(why), "{name}: {err}");
+        }
+        // A CRL of a CA outside the bundle (an intermediate the clients send) is usable.
+        files.crls = vec![write(
+            dir.path(),
+            "other.pem",
+            &unrelated.crl_pem(&[1]).unwrap(),
+        )];
+        let material = server_material(&files).unwrap();
+        assert_eq!(material.crls.len(), 1);
+        assert_eq!(material.crls[0].revoked, 1);
+        assert!(material.crls[0].issuer.contains("CN=unrelated CA"));
+        assert!(!material.crls[0].expired_at(SystemTime::now()));
+    }
+
+    #[test]
+    fn a_crl_with_extensions_but_no_crl_number_is_used_as_webpki_does() {
+        // A v2 CRL of "CN=CRL fixture CA" with only an authority key identifier
+        // (made once with Python `cryptography`).
+        const AKI_ONLY: &str = "-----BEGIN X509 CRL-----
+MIHFMG0CAQEwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOQ1JMIGZpeHR1cmUgQ0EX
+DTI2MDEwMTAwMDAwMFoXDTM1MTIzMDAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFDrL
+Yi46fynywa88hlAksk8lvqWBMAoGCCqGSM49BAMCA0gAMEUCIG1Q64ZhS+xPuOJk
+NSuvKxxgn+KBYM9NzVNCumO4W481AiEAlfEAH2dBcOm7dib0ohZOvdghJlQMyETg
+ZZJxp+J1aVg=
+-----END X509 CRL-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = dev_files(dir.path());
+        files.crls = vec![write(dir.path(), "aki-only.pem", AKI_ONLY)];
+        let material = server_material(&files).unwrap();
+        assert_eq!(material.crls[0].number, "");
+        assert!(material.crls[0].issuer.contains("CN=CRL fixture CA"));
+    }
+
+    #[test]
+    fn an_expired_crl_is_summarised_as_expired() {
+        let ca = TestCa::new("expired CRL CA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let next = now - Duration::from_secs(60);
+        let pem = ca
+            .crl_pem_with(
+                &[],
+                &dev::CrlOptions {
+                    this_update: Some(now - Duration::from_secs(3600)),
+                    next_update: Some(next),
+                },
+            )
+            .unwrap();
+        let path = write(dir.path(), "old.pem", &pem);
+        let (_, info) = load_crl_files(std::slice::from_ref(&path), None)
+            .unwrap()
+            .remove(0);
+        assert!(info.expired_at(now));
+        assert_eq!(
+            info.next_update
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs()),
+            Some(next.duration_since(UNIX_EPOCH).unwrap().as_secs())
+        );
+        assert_eq!(info.file, path);
     }
 
     #[test]

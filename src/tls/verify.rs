@@ -2,8 +2,12 @@
 //! valid now, and chain to the configured client CA bundle (the same webpki
 //! verification the handshake runs, without revocation).
 //!
+//! Also names why a chain failed verification with a stable code
+//! ([`refusal_code`]), for the audit of connections closed after a TLS reload.
+//!
 //! Must not: register anything or read configuration (callers pass the CA
-//! bundle path). Called by the admin service (`AddCertificate`).
+//! bundle path). Called by the admin service (`AddCertificate`) and
+//! `connections` (re-verification after a reload).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +35,35 @@ pub enum CertCheckError {
     /// The CA bundle itself could not be loaded.
     #[error(transparent)]
     Ca(#[from] TlsError),
+}
+
+/// Listed in a CRL in force (the end entity or a CA of its chain).
+pub const REVOKED_BY_CRL: &str = "CERTIFICATE_REVOKED_BY_CRL";
+/// CRLs are configured but none covers a certificate of the chain.
+pub const REVOCATION_UNKNOWN: &str = "CERTIFICATE_REVOCATION_UNKNOWN";
+/// The CRL covering the chain is past its nextUpdate and `tls.crl_expired = "refuse"`.
+pub const CRL_EXPIRED: &str = "CRL_EXPIRED";
+/// Expired or not yet valid.
+pub const NOT_VALID: &str = "CERTIFICATE_NOT_VALID";
+/// Does not chain to the client CA bundle (e.g. its CA was removed), or otherwise fails.
+pub const UNTRUSTED: &str = "CERTIFICATE_UNTRUSTED";
+
+/// The stable code for a failed client chain verification.
+pub fn refusal_code(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Revoked => REVOKED_BY_CRL,
+            CertificateError::UnknownRevocationStatus => REVOCATION_UNKNOWN,
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => CRL_EXPIRED,
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => NOT_VALID,
+            _ => UNTRUSTED,
+        },
+        _ => UNTRUSTED,
+    }
 }
 
 /// Parses `pem` (leaf first, then intermediates) and verifies the leaf as a
