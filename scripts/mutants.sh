@@ -35,11 +35,11 @@ nice_n=${NICE:-10}
 # module -> the test binaries that exercise it (cargo test arguments).
 tests_for() {
   case "$1" in
-    src/store/queue.rs)  echo "--lib --test core --test crash" ;;
-    src/store/commit.rs) echo "--lib --test core --test storage_faults" ;;
-    src/service/auth.rs) echo "--lib --test admin --test refusals --test mtls" ;;
-    src/schema/mod.rs)   echo "--lib --test core" ;;
-    src/server.rs)       echo "--lib --test admin" ;;
+    src/store/queue.rs)  echo "--lib --test=core --test=crash" ;;
+    src/store/commit.rs) echo "--lib --test=core --test=storage_faults" ;;
+    src/service/auth.rs) echo "--lib --test=admin --test=mtls --test=core" ;;
+    src/schema/mod.rs)   echo "--lib --test=core" ;;
+    src/server.rs)       echo "--lib --test=admin" ;;
     *)                   echo "" ;;
   esac
 }
@@ -52,13 +52,16 @@ for m in "${modules[@]}"; do
   out=target/mutants/$name
   mkdir -p "$out"
   args=(--file "$m" --output "$out" --jobs "$jobs" --timeout "$timeout_s" --build-timeout 900
-        --baseline skip --copy-target=true --no-shuffle --cap-lints=true)
+        --baseline skip --copy-target=true --no-shuffle)
+  # The target selection goes to every cargo call (the build too: only those
+  # binaries are rebuilt per mutant). No --cap-lints: it changes RUSTFLAGS and
+  # so rebuilds every dependency from scratch.
+  for a in $(tests_for "$m"); do args+=(--cargo-arg "$a"); done
   [ -n "${SHARD:-}" ] && args+=(--shard "$SHARD" --sharding round-robin)
   [ -n "${ITERATE:-}" ] && args+=(--iterate)
-  # shellcheck disable=SC2046 # the test arguments are meant to split
   echo "=== $m (budget ${budget_min} min, tests: $(tests_for "$m"))"
   timeout --signal=INT "$((budget_min * 60))" \
-    nice -n "$nice_n" cargo mutants "${args[@]}" -- $(tests_for "$m") || true
+    nice -n "$nice_n" cargo mutants "${args[@]}" || true
 done
 
 echo "=== summary (caught / missed / timeout / unviable)"
