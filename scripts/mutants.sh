@@ -13,12 +13,18 @@
 #
 # Needs `cargo install cargo-mutants --locked`. Output: target/mutants/<module>/
 # mutants.out/{caught,missed,timeout,unviable}.txt, and a summary line per
-# module at the end. Each module runs only the test binaries that can see it
+# module at the end.
+#
+# The mutants are applied in a scratch copy of this tree (SCRATCH, default
+# /tmp/schakel-mutants-<folder name>), never in the tree itself: the source is copied fresh
+# on each run, the scratch target/ is kept between runs and starts as a copy
+# of ours with its timestamps (cargo-mutants' own copy loses them, and then
+# rebuilds every dependency: minutes per module). Each module runs only the test binaries that can see it
 # (faster builds); the store rewrite can be held to the same bar by running
 # this before and after and comparing the missed lists.
 #
 # Knobs (environment): BUDGET_MIN per module (default 60), SHARD (e.g. 1/6),
-# JOBS (default 1: the machine is shared), TIMEOUT per test run in seconds
+# TIMEOUT per test run in seconds
 # (default 120), NICE (default 10), ITERATE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +34,21 @@ command -v cargo-mutants >/dev/null || {
 }
 
 budget_min=${BUDGET_MIN:-60}
-jobs=${JOBS:-1}
 timeout_s=${TIMEOUT:-120}
 nice_n=${NICE:-10}
+here=$PWD
+scratch=${SCRATCH:-${TMPDIR:-/tmp}/schakel-mutants-$(basename "$here")}
+mkdir -p "$scratch"
+# The source as it is now (tracked and untracked files, not ignored ones).
+# (SCRATCH=. runs in this tree itself: only for a disposable copy.)
+if [ "$(cd "$scratch" && pwd)" != "$here" ]; then
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$scratch"
+fi
+if [ ! -d "$scratch/target" ]; then
+  echo "copying target/ to $scratch (once; later runs reuse it)"
+  mkdir -p "$scratch/target"
+  tar -cf - --exclude=./mutants -C target . | tar -xf - -C "$scratch/target"
+fi
 
 # module -> the test binaries that exercise it (cargo test arguments).
 tests_for() {
@@ -49,10 +67,10 @@ modules=("$@")
 
 for m in "${modules[@]}"; do
   name=$(basename "$(dirname "$m")")-$(basename "$m" .rs)
-  out=target/mutants/$name
+  out=$here/target/mutants/$name
   mkdir -p "$out"
-  args=(--file "$m" --output "$out" --jobs "$jobs" --timeout "$timeout_s" --build-timeout 900
-        --baseline skip --copy-target=true --no-shuffle)
+  args=(--file "$m" --output "$out" --timeout "$timeout_s" --build-timeout 900
+        --baseline skip --in-place --no-shuffle)
   # The target selection goes to every cargo call (the build too: only those
   # binaries are rebuilt per mutant). No --cap-lints: it changes RUSTFLAGS and
   # so rebuilds every dependency from scratch.
@@ -60,14 +78,14 @@ for m in "${modules[@]}"; do
   [ -n "${SHARD:-}" ] && args+=(--shard "$SHARD" --sharding round-robin)
   [ -n "${ITERATE:-}" ] && args+=(--iterate)
   echo "=== $m (budget ${budget_min} min, tests: $(tests_for "$m"))"
-  timeout --signal=INT "$((budget_min * 60))" \
-    nice -n "$nice_n" cargo mutants "${args[@]}" || true
+  (cd "$scratch" && timeout --signal=INT "$((budget_min * 60))" \
+    nice -n "$nice_n" cargo mutants "${args[@]}") || true
 done
 
 echo "=== summary (caught / missed / timeout / unviable)"
 for m in "${modules[@]}"; do
   name=$(basename "$(dirname "$m")")-$(basename "$m" .rs)
-  d=target/mutants/$name/mutants.out
-  count() { [ -f "$d/$1.txt" ] && wc -l <"$d/$1.txt" || echo 0; }
+  d=$here/target/mutants/$name/mutants.out
+  count() { if [ -f "$d/$1.txt" ]; then wc -l <"$d/$1.txt"; else echo 0; fi; }
   printf '%-24s %4s / %4s / %4s / %4s\n' "$m" "$(count caught)" "$(count missed)" "$(count timeout)" "$(count unviable)"
 done
