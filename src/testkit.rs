@@ -96,6 +96,9 @@ impl TestServer {
             identity(Role::Admin, ADMIN, false),
         ];
         config.limits.shutdown_grace_secs = 5;
+        // Never the fixed default 9464, even for a caller that hands this
+        // config to `server::run` itself: `spawn` binds its own port 0.
+        config.ops.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         tweak(&mut config);
         let mut server = TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
