@@ -749,3 +749,54 @@ async fn a_resend_that_differs_only_before_normalisation_is_duplicate() {
     assert_eq!(stored.patient.as_ref().unwrap().bsn, "010015838");
     assert_eq!(stored.vaccination.as_ref().unwrap().country, "NL");
 }
+
+/// README (Decisions): a record's message id is echoed in the receipt, except
+/// when the id itself is malformed (it may hold anything, patient data too).
+#[tokio::test]
+async fn a_malformed_message_id_is_not_echoed() {
+    let server = TestServer::start().await;
+    let with_spaces = "BSN 249566758 Berg";
+    let too_long = format!("Oostwoudsma-1944-07-29-{}", "x".repeat(60));
+    let mut bad_bsn = record("echo-me");
+    bad_bsn.patient.as_mut().unwrap().bsn = "123456789".into();
+    let receipt = server
+        .intake(SUPPLIER_A)
+        .await
+        .submit_batch(batch(
+            "echo",
+            vec![record(with_spaces), record(&too_long), bad_bsn],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (receipt.accepted, receipt.duplicate, receipt.rejected),
+        (0, 0, 3)
+    );
+    let seen: Vec<(u32, &str, Vec<(&str, &str)>)> = receipt
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.message_id.as_str(),
+                r.findings
+                    .iter()
+                    .map(|f| (f.field.as_str(), f.code.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, "", vec![("message_id", "INVALID_CHARACTERS")]),
+            (1, "", vec![("message_id", "MESSAGE_ID_TOO_LONG")]),
+            (2, "echo-me", vec![("patient.bsn", "BSN_CHECKSUM")]),
+        ]
+    );
+    let text = format!("{receipt:?}");
+    for needle in ["249566758", "Berg", "Oostwoudsma", "1944-07-29"] {
+        assert!(!text.contains(needle), "{needle:?} echoed: {text}");
+    }
+}
