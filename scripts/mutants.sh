@@ -10,6 +10,7 @@
 #   SHARD=1/6 scripts/mutants.sh           # a sample: every 6th mutant (round robin)
 #   BUDGET_MIN=20 scripts/mutants.sh src/store/queue.rs   # one module, at most 20 min
 #   ITERATE=1 scripts/mutants.sh           # retest only what the last run missed
+#   RE='ack_blocking|release_blocking' scripts/mutants.sh src/store/queue.rs  # some functions
 #
 # Needs `cargo install cargo-mutants --locked`. Output: target/mutants/<module>/
 # mutants.out/{caught,missed,timeout,unviable}.txt, and a summary line per
@@ -25,7 +26,7 @@
 #
 # Knobs (environment): BUDGET_MIN per module (default 60), SHARD (e.g. 1/6),
 # TIMEOUT per test run in seconds
-# (default 120), NICE (default 10), ITERATE=1.
+# (default 120), NICE (default 10), ITERATE=1, RE (a regex over mutant names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || {
@@ -77,6 +78,7 @@ for m in "${modules[@]}"; do
   for a in $(tests_for "$m"); do args+=(--cargo-arg "$a"); done
   [ -n "${SHARD:-}" ] && args+=(--shard "$SHARD" --sharding round-robin)
   [ -n "${ITERATE:-}" ] && args+=(--iterate)
+  [ -n "${RE:-}" ] && args+=(--re "$RE")
   echo "=== $m (budget ${budget_min} min, tests: $(tests_for "$m"))"
   (cd "$scratch" && timeout --signal=INT "$((budget_min * 60))" \
     nice -n "$nice_n" cargo mutants "${args[@]}") || true

@@ -123,7 +123,10 @@ async fn the_in_flight_limit_per_certificate_holds_over_the_wire() {
     assert_eq!(receipt.accepted, 2);
     let mut delivered = 0;
     for poll in polls {
-        delivered += poll.await.unwrap().expect("a long-poll in its slot is served");
+        delivered += poll
+            .await
+            .unwrap()
+            .expect("a long-poll in its slot is served");
     }
     assert_eq!(delivered, 2, "one record to each long-poll");
     // Both slots are free again.
