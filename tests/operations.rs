@@ -904,3 +904,87 @@ async fn the_ops_cli_exits_2_when_a_supplier_is_overdue() {
     assert_eq!(code, 2);
     assert!(stdout.contains("OVERDUE"), "{stdout}");
 }
+
+/// SIGTERM with a call in flight (README, Where to look: shutdown with a grace
+/// period): the real `schakel serve` stops taking new connections, lets the
+/// call under way finish with its normal answer, syncs the store and exits 0;
+/// what was acknowledged before is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_calls_in_flight_finish_then_exits_0() {
+    use common::process::ChildGateway;
+    use schakel::proto::intake_client::IntakeClient;
+    use schakel::proto::registry_client::RegistryClient;
+
+    // One call per certificate, so a refused second call proves the first is
+    // under way at the server (no sleeping on a guess).
+    let gw = ChildGateway::start_with(&[], &[("limits", "max_in_flight_per_identity = 1")]);
+    let receipt = IntakeClient::new(gw.channel("supplier-a", Duration::from_secs(60)).await)
+        .submit_batch(batch("before", vec![record("before-1")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.accepted, 1);
+    let mut registry = RegistryClient::new(gw.channel("registry", Duration::from_secs(60)).await);
+    let first = registry
+        .pull(pull_request(10, 0, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.records.len(), 1);
+    // A long-poll on the now empty queue: 1.5 s, inside the 2 s grace period.
+    let mut poller = registry.clone();
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = poller.pull(pull_request(10, 1_500, 60_000)).await;
+        (answer, started.elapsed())
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match registry.pull(pull_request(10, 0, 60_000)).await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the long-poll never arrived"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    gw.signal("TERM");
+    let (answer, took) = poll.await.unwrap();
+    let answer = answer.expect("the call in flight gets its normal answer");
+    assert_eq!(answer.into_inner().records.len(), 0);
+    assert!(
+        took >= Duration::from_millis(1_400),
+        "cut short after {took:?}"
+    );
+    let status = gw.terminate_wait();
+    assert!(
+        status.success(),
+        "exit after a graceful shutdown: {status:?}"
+    );
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("shutdown forced"), "{log}");
+
+    // Nothing acknowledged was lost: the unacked record is delivered again.
+    gw.spawn();
+    let mut registry = RegistryClient::new(gw.channel("registry", Duration::from_secs(60)).await);
+    let again = registry
+        .pull(pull_request(10, 0, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again
+            .records
+            .iter()
+            .map(|r| r.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["before-1"]
+    );
+}

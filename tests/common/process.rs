@@ -200,6 +200,11 @@ impl ChildGateway {
     /// SIGTERM, and wait for the graceful exit.
     pub fn terminate(&self) -> std::process::ExitStatus {
         self.signal("TERM");
+        self.terminate_wait()
+    }
+
+    /// Waits for the process to exit (after a SIGTERM sent earlier).
+    pub fn terminate_wait(&self) -> std::process::ExitStatus {
         let mut child = self.lock().take().expect("running");
         child.wait().expect("wait")
     }
