@@ -773,7 +773,8 @@ async fn a_malformed_message_id_is_not_echoed() {
         (receipt.accepted, receipt.duplicate, receipt.rejected),
         (0, 0, 3)
     );
-    let seen: Vec<(u32, &str, Vec<(&str, &str)>)> = receipt
+    type Seen<'a> = Vec<(u32, &'a str, Vec<(&'a str, &'a str)>)>;
+    let seen: Seen = receipt
         .results
         .iter()
         .map(|r| {
