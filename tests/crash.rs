@@ -42,7 +42,9 @@ use tonic::Code;
 const BATCHES_PER_SUPPLIER: usize = 30;
 const RECORDS_PER_BATCH: usize = 40;
 const KILLS: usize = 20;
-const LEASE_MS: u32 = 400;
+/// Long enough that an ack under a loaded machine's delays still finds its
+/// lease; a lease that does run out is counted and its record must come back.
+const LEASE_MS: u32 = 1_000;
 /// Of every 100 deliveries, the consumer leaves this many to run out...
 const LEAVE_PERCENT: u32 = 8;
 /// ... and releases this many.
@@ -79,6 +81,8 @@ struct Observed {
     deliveries: usize,
     /// Deliveries with attempt > 1.
     redeliveries: usize,
+    /// The highest delivery attempt seen per sequence (for the diagnosis).
+    attempts: HashMap<u64, u32>,
     kills: usize,
     /// Kills while the suppliers were still pushing.
     kills_while_pushing: usize,
@@ -88,18 +92,20 @@ struct Observed {
 }
 
 /// Whether a failed call may be retried: UNAVAILABLE from the gateway (it is
-/// starting or stopping), or a call the connection died under (the process
-/// was killed mid-call: tonic reports UNKNOWN with the transport or hyper
-/// error as its source; a status the server sent has no source). Any status
-/// the gateway itself sent other than UNAVAILABLE is a permanent refusal and
-/// fails the test at once, and so does a gateway that stays away longer than
+/// starting or stopping), or a call that got no answer at all: the connection
+/// died under it (the process was killed mid-call: tonic reports UNKNOWN with
+/// the transport or hyper error as its source) or the client's own per-call
+/// timeout ran out (the process was paused: CANCELLED, source
+/// `TimeoutExpired`). A status the server sent has no source. Any status the
+/// gateway itself sent other than UNAVAILABLE is a permanent refusal and fails
+/// the test at once, and so does a gateway that stays away longer than
 /// [`RETRY_FOR`].
 fn retryable(status: &tonic::Status, since: Instant, what: &str) -> bool {
-    let connection_died =
-        status.code() == Code::Unknown && std::error::Error::source(status).is_some();
+    let connection_died = matches!(status.code(), Code::Unknown | Code::Cancelled)
+        && std::error::Error::source(status).is_some();
     assert!(
         status.code() == Code::Unavailable || connection_died,
-        "{what}: only UNAVAILABLE or a broken connection may be retried: {status:?}"
+        "{what}: only UNAVAILABLE or a call without an answer may be retried: {status:?}"
     );
     assert!(
         since.elapsed() < RETRY_FOR,
@@ -230,6 +236,8 @@ async fn registry(
                     if d.delivery_attempt > 1 {
                         s.redeliveries += 1;
                     }
+                    let top = s.attempts.entry(d.sequence).or_default();
+                    *top = (*top).max(d.delivery_attempt);
                     if s.acked.contains(&d.sequence) || s.acked_unanswered.contains(&d.sequence) {
                         s.redelivered_after_ack += 1;
                     }
@@ -240,7 +248,12 @@ async fn registry(
                     if let Some(previous) = s.delivered.insert(d.sequence, key.clone()) {
                         assert_eq!(previous, key, "one sequence, two records");
                     }
-                    let roll = rng.random_range(0..100);
+                    // Give back only while the faults run; the drain acks.
+                    let roll = if GIVE_BACK.load(Ordering::Acquire) {
+                        rng.random_range(0..100)
+                    } else {
+                        100
+                    };
                     let fate = if roll < LEAVE_PERCENT {
                         Fate::Leave
                     } else if roll < LEAVE_PERCENT + RELEASE_PERCENT {
@@ -356,9 +369,25 @@ async fn registry(
     }
 }
 
+/// The gateway's dead-letter and queue gauges, for a failure message.
+async fn queue_metrics(gw: &ChildGateway) -> String {
+    let text = common::process::http_get(gw.http_addr, "/metrics").await;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("schakel_dead_letter")
+                || l.starts_with("schakel_queue_depth")
+                || l.starts_with("schakel_leases")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Set when a client task panics (a failed assertion), so the killer and the
 /// drain stop at once instead of waiting for their deadlines.
 static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the consumer still leaves and releases leases (until the drain).
+static GIVE_BACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Held by each client task: marks [`FAILED`] if the task unwinds.
 struct FailFlag;
@@ -390,7 +419,12 @@ async fn kill_and_pause_lose_nothing_and_duplicate_nothing() {
     // A short redelivery backoff: records given back come back within the run.
     let gw = Arc::new(ChildGateway::start_with(
         &[("SCHAKEL_LOG", "info")],
-        &[("limits", "redelivery_backoff_ms = 20")],
+        // No dead letters here (they are tested in tests/operations.rs): a
+        // record given back many times must keep coming back.
+        &[
+            ("limits", "redelivery_backoff_ms = 20"),
+            ("limits", "max_deliveries = 1000"),
+        ],
     ));
     let seen = Arc::new(Mutex::new(Observed::default()));
     let progress = Arc::new(AtomicUsize::new(0));
@@ -430,7 +464,7 @@ async fn kill_and_pause_lose_nothing_and_duplicate_nothing() {
         if k == KILLS / 2 {
             // Pause longer than a lease, then resume.
             gw.signal("STOP");
-            tokio::time::sleep(Duration::from_millis(u64::from(LEASE_MS) * 2)).await;
+            tokio::time::sleep(Duration::from_millis(u64::from(LEASE_MS) + 500)).await;
             gw.signal("CONT");
             seen.lock().unwrap().pauses += 1;
             continue;
@@ -445,11 +479,12 @@ async fn kill_and_pause_lose_nothing_and_duplicate_nothing() {
     for s in suppliers {
         s.await.expect("supplier task");
     }
+    GIVE_BACK.store(false, Ordering::Release);
     // Drain: wait until every acknowledged record has been acked by the
     // registry and every record given back has come back.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        {
+        let failure = {
             let s = seen.lock().unwrap();
             let settled: HashSet<&(String, String)> = s
                 .acked
@@ -466,19 +501,28 @@ async fn kill_and_pause_lose_nothing_and_duplicate_nothing() {
                 break;
             }
             assert_no_task_failed();
-            let delivered_keys: HashSet<&(String, String)> = s.delivered.values().collect();
-            assert!(
-                Instant::now() < deadline,
-                "drain did not finish: {} acknowledged records not acked by the registry, {} of them never delivered, e.g. {:?}; \
-                 {} records given back never came back, e.g. {:?}; deliveries {} acked {}",
-                missing.len(),
-                missing.iter().filter(|k| !delivered_keys.contains(**k)).count(),
-                missing.iter().take(3).collect::<Vec<_>>(),
-                s.must_return.len(),
-                s.must_return.iter().take(3).collect::<Vec<_>>(),
-                s.deliveries,
-                s.acked.len()
-            );
+            (Instant::now() >= deadline).then(|| {
+                let delivered_keys: HashSet<&(String, String)> = s.delivered.values().collect();
+                let stuck: Vec<(u64, Option<u32>)> = s
+                    .must_return
+                    .iter()
+                    .take(3)
+                    .map(|q| (*q, s.attempts.get(q).copied()))
+                    .collect();
+                format!(
+                    "drain did not finish: {} acknowledged records not acked by the registry, {} of them never delivered, e.g. {:?}; \
+                     {} records given back never came back, e.g. (sequence, highest attempt seen) {stuck:?}; deliveries {} acked {}",
+                    missing.len(),
+                    missing.iter().filter(|k| !delivered_keys.contains(**k)).count(),
+                    missing.iter().take(3).collect::<Vec<_>>(),
+                    s.must_return.len(),
+                    s.deliveries,
+                    s.acked.len()
+                )
+            })
+        };
+        if let Some(failure) = failure {
+            panic!("{failure}; gateway: {}", queue_metrics(&gw).await);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
