@@ -55,7 +55,7 @@ fi
 tests_for() {
   case "$1" in
     src/store/queue.rs)  echo "--lib --test=core --test=crash" ;;
-    src/store/commit.rs) echo "--lib --test=core --test=storage_faults" ;;
+    src/store/commit.rs) echo "--lib --test=core --test=storage_faults --test=admin" ;;
     src/service/auth.rs) echo "--lib --test=admin --test=mtls --test=core" ;;
     src/schema/mod.rs)   echo "--lib --test=core" ;;
     src/server.rs)       echo "--lib --test=admin" ;;

@@ -1319,3 +1319,50 @@ async fn revoke_retire_and_suspend_survive_a_restart() {
     server.restart().await;
     check(&server, "after a second restart").await;
 }
+
+/// A revocation or suspension that was answered OK is on disk: the real
+/// `schakel serve` is SIGKILLed right after the answer and restarted, and the
+/// refusals hold (the store syncs before the admin call answers; sled by
+/// itself would flush its buffers only every `store.flush_every_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_revocation_survives_a_sigkill() {
+    use common::process::ChildGateway;
+    let gw = ChildGateway::start(&[]);
+    let fingerprint = |name: &str| {
+        let certs = schakel::tls::load_certs(&gw.dir.path().join(format!("{name}.pem"))).unwrap();
+        schakel::tls::fingerprint(certs[0].as_ref())
+    };
+    let mut admin_client = AdminClient::new(gw.channel("admin", Duration::from_secs(60)).await);
+    admin_client
+        .revoke_certificate(CertificateRef {
+            fingerprint: fingerprint("supplier-a"),
+        })
+        .await
+        .unwrap();
+    admin_client
+        .suspend_supplier(SupplierRef {
+            id: "supplier-b".into(),
+        })
+        .await
+        .unwrap();
+    gw.kill();
+    gw.spawn();
+    let submit_as = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            let channel = gw.channel(name, Duration::from_secs(60)).await;
+            submit(&mut IntakeClient::new(channel), "after-kill").await
+        }
+    };
+    assert_refused(
+        submit_as("supplier-a").await,
+        Code::Unauthenticated,
+        "CERTIFICATE_REVOKED",
+    );
+    assert_refused(
+        submit_as("supplier-b").await,
+        Code::PermissionDenied,
+        "SUPPLIER_SUSPENDED",
+    );
+    assert_eq!(submit_as("supplier-c").await.unwrap(), 1);
+}
