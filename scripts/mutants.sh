@@ -58,7 +58,7 @@ tests_for() {
     src/store/commit.rs) echo "--lib --test=core --test=storage_faults --test=admin" ;;
     src/service/auth.rs) echo "--lib --test=admin --test=mtls --test=core" ;;
     src/schema/mod.rs)   echo "--lib --test=core" ;;
-    src/server.rs)       echo "--lib --test=admin" ;;
+    src/server.rs)       echo "--lib --test=admin --test=operations" ;;
     *)                   echo "" ;;
   esac
 }
