@@ -5,12 +5,12 @@
 # installed with apt-get when missing), checks the rendered DOM, and keeps a
 # phone-sized screenshot as the artefact: target/status-page.png.
 #
-# Usage: scripts/status-page-test.sh   (GRPC_PORT / HTTP_PORT override the ports)
+# Usage: scripts/status-page-test.sh
+# The gateway binds both ports on 127.0.0.1:0 and writes what it bound to a
+# ports file (`serve --ports-file`): no fixed port, no pick-then-bind race.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GRPC_PORT="${GRPC_PORT:-17443}"
-HTTP_PORT="${HTTP_PORT:-19464}"
 SHOT="${SHOT:-target/status-page.png}"
 
 if ! command -v chromium >/dev/null; then
@@ -37,7 +37,7 @@ trap cleanup EXIT
 "$BIN" certs dev --dir "$WORK/certs" >/dev/null
 C="$WORK/certs"
 cat >"$WORK/schakel.toml" <<TOML
-listen = "127.0.0.1:$GRPC_PORT"
+listen = "127.0.0.1:0"
 data_dir = "$WORK/data"
 
 [tls]
@@ -46,7 +46,7 @@ key = "$C/server.key"
 client_ca = "$C/ca.pem"
 
 [ops]
-http_listen = "127.0.0.1:$HTTP_PORT"
+http_listen = "127.0.0.1:0"
 
 [[suppliers]]
 id = "supplier-a"
@@ -79,8 +79,19 @@ name = "admin"
 cert = "$C/admin.pem"
 TOML
 
-"$BIN" serve --config "$WORK/schakel.toml" 2>"$WORK/gateway.log" &
+"$BIN" serve --config "$WORK/schakel.toml" --ports-file "$WORK/ports" 2>"$WORK/gateway.log" &
 GATEWAY_PID=$!
+
+for _ in $(seq 1 600); do
+    [ -s "$WORK/ports" ] && break
+    if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
+        echo "FAIL: the gateway did not start"; cat "$WORK/gateway.log"; exit 1
+    fi
+    sleep 0.1
+done
+[ -s "$WORK/ports" ] || { echo "FAIL: the gateway did not bind its ports"; exit 1; }
+GRPC_PORT=$(sed -n 's/^grpc=.*://p' "$WORK/ports")
+HTTP_PORT=$(sed -n 's/^http=.*://p' "$WORK/ports")
 
 URL="http://127.0.0.1:$HTTP_PORT/"
 for _ in $(seq 1 100); do

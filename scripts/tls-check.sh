@@ -11,15 +11,21 @@ bin=${1:-target/debug/schakel}
 [ -x "$bin" ] || cargo build --quiet
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The gateway binds port 0 itself (gRPC and the operations port) and writes
+# what it bound to a ports file: no fixed port, no pick-then-bind race.
 data=$(mktemp -d)
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$data/gateway.log" 2>&1 &
+printf '[ops]\nhttp_listen = "127.0.0.1:0"\n' >"$data/schakel.toml"
+"$bin" serve --config "$data/schakel.toml" --listen 127.0.0.1:0 --data-dir "$data" \
+  --ports-file "$data/ports" >"$data/gateway.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+for _ in $(seq 600); do
+  [ -s "$data/ports" ] && break
+  kill -0 "$pid" 2>/dev/null || { echo "tls-check: the gateway did not start"; cat "$data/gateway.log"; exit 1; }
   sleep 0.1
 done
+port=$(sed -n 's/^grpc=.*://p' "$data/ports")
+[ -n "$port" ] || { echo "tls-check: the gateway did not bind its port"; cat "$data/gateway.log"; exit 1; }
 
 pass=0; fail=0
 check() { # description, expected (ok|refused), s_client arguments...

@@ -789,40 +789,55 @@ async fn a_crl_entry_fails_the_handshake_after_the_files_change() {
     );
 }
 
+/// SIGHUP goes to a child gateway (the real `schakel serve`), never to the
+/// test process itself, which other tests in this binary share.
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_server_certificate() {
-    let server = TestServer::start_with(|c| c.tls.reload_poll_ms = 0).await;
+    use common::process::ChildGateway;
+    let gw = ChildGateway::start_with(&[], &[("tls", "reload_poll_ms = 0")]);
+    let call = |files: ClientFiles, id: String| {
+        let url = gw.url();
+        async move {
+            let channel = schakel::client::connect(&url, &files)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+            submit(&mut IntakeClient::new(channel), &id).await
+        }
+    };
+    // Serving (so the signal handler is in place) with the first certificate.
+    let _ = gw.channel("supplier-a", Duration::from_secs(60)).await;
     assert_eq!(
-        fresh_call(&server, &server.files(SUPPLIER_A), "before")
-            .await
-            .unwrap(),
+        call(gw.files("supplier-a"), "before".into()).await.unwrap(),
         1
     );
     let server_ca = TestCa::new("Schakel server CA 3").unwrap();
     let (cert, key) = server_ca.server_cert().unwrap();
-    std::fs::write(server.certs().join("server.pem"), &cert).unwrap();
-    std::fs::write(server.certs().join("server.key"), &key).unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let new_trust = trusting(
-        &server,
-        SUPPLIER_A,
-        &server_ca.cert_pem(),
-        "server-ca-3.pem",
-    );
+    let ca_file = gw.dir.path().join("server-ca-3.pem");
+    std::fs::write(&ca_file, server_ca.cert_pem()).unwrap();
+    let new_trust = ClientFiles {
+        ca: ca_file,
+        ..gw.files("supplier-a")
+    };
+    // Polling is off: without the signal the old certificate stays.
+    std::fs::write(gw.dir.path().join("server.pem"), &cert).unwrap();
+    std::fs::write(gw.dir.path().join("server.key"), &key).unwrap();
+    let status = call(new_trust.clone(), "not-yet".into())
+        .await
+        .expect_err("reloaded without a signal");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    gw.signal("HUP");
     let mut n = 0;
     let seen = eventually(|| {
         n += 1;
-        let id = format!("poll-{n}");
-        let (server, files) = (&server, &new_trust);
-        async move { fresh_call(server, files, &id).await.is_ok() }
+        let (files, id) = (new_trust.clone(), format!("poll-{n}"));
+        let call = &call;
+        async move { call(files, id).await.is_ok() }
     })
     .await;
     assert!(seen, "SIGHUP did not reload the server certificate");
+    // The process survived the signal and still serves.
+    assert_eq!(call(new_trust, "after".into()).await.unwrap(), 1);
 }
 
 /// A raw TLS + HTTP/2 connection as `name` (preface and SETTINGS sent), to watch
@@ -1203,4 +1218,151 @@ async fn a_large_audit_answer_is_cut_to_the_newest_events_and_says_so() {
         .unwrap()
         .into_inner();
     assert!(!none_cut.truncated, "{none_cut:?}");
+}
+
+/// Issue 17, hole 1: the start-up seeding registers only what the store does
+/// not know, so a restart on the same data must not undo a revocation, a
+/// retirement or a suspension of identities and suppliers that came from the
+/// config. Each refusal is checked before and after the restart, with the same
+/// gRPC code and `schakel-error-code`.
+#[tokio::test]
+async fn revoke_retire_and_suspend_survive_a_restart() {
+    let mut server = TestServer::start().await;
+    let mut admin_client = admin(&server).await;
+    // All three are seeded from the config (what a seeding that overwrites would undo).
+    admin_client
+        .revoke_certificate(CertificateRef {
+            fingerprint: fingerprint_of(&server, SUPPLIER_A),
+        })
+        .await
+        .unwrap();
+    let retired = admin_client
+        .retire_certificate(RetireCertificateRequest {
+            fingerprint: fingerprint_of(&server, REGISTRY),
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retired.status, "retired", "{retired:?}");
+    admin_client
+        .suspend_supplier(SupplierRef {
+            id: SUPPLIER_B.into(),
+        })
+        .await
+        .unwrap();
+    drop(admin_client);
+
+    async fn check(server: &TestServer, when: &str) {
+        let refused = |what: &str| format!("{what} {when}");
+        let a = fresh_call(server, &server.files(SUPPLIER_A), "a").await;
+        let status = a.expect_err(&refused("revoked supplier-a served"));
+        assert_eq!(
+            (status.code(), code_of(&status)),
+            (Code::Unauthenticated, "CERTIFICATE_REVOKED"),
+            "{when}: {status:?}"
+        );
+        let b = fresh_call(server, &server.files(SUPPLIER_B), "b").await;
+        let status = b.expect_err(&refused("suspended supplier-b served"));
+        assert_eq!(
+            (status.code(), code_of(&status)),
+            (Code::PermissionDenied, "SUPPLIER_SUSPENDED"),
+            "{when}: {status:?}"
+        );
+        let status = server
+            .registry()
+            .await
+            .pull(pull_request(10, 0, 1000))
+            .await
+            .expect_err(&refused("retired registry served"));
+        assert_eq!(
+            (status.code(), code_of(&status)),
+            (Code::Unauthenticated, "CERTIFICATE_RETIRED"),
+            "{when}: {status:?}"
+        );
+        // The admin, untouched, still works and still sees the states.
+        let mut admin_client = admin(server).await;
+        let list = admin_client
+            .list_certificates(ListCertificatesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let status_of = |fp: String| {
+            list.certificates
+                .iter()
+                .find(|c| c.fingerprint == fp)
+                .map(|c| c.status.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            status_of(fingerprint_of(server, SUPPLIER_A)),
+            "revoked",
+            "{when}"
+        );
+        assert_eq!(
+            status_of(fingerprint_of(server, REGISTRY)),
+            "retired",
+            "{when}"
+        );
+        let shown = admin_client
+            .get_supplier(SupplierRef {
+                id: SUPPLIER_B.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(shown.suspended, "{when}: {shown:?}");
+    }
+    check(&server, "before the restart").await;
+    server.restart().await;
+    check(&server, "after the restart").await;
+    server.restart().await;
+    check(&server, "after a second restart").await;
+}
+
+/// A revocation or suspension that was answered OK is on disk: the real
+/// `schakel serve` is SIGKILLed right after the answer and restarted, and the
+/// refusals hold (the store syncs before the admin call answers; sled by
+/// itself would flush its buffers only every `store.flush_every_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_revocation_survives_a_sigkill() {
+    use common::process::ChildGateway;
+    let gw = ChildGateway::start(&[]);
+    let fingerprint = |name: &str| {
+        let certs = schakel::tls::load_certs(&gw.dir.path().join(format!("{name}.pem"))).unwrap();
+        schakel::tls::fingerprint(certs[0].as_ref())
+    };
+    let mut admin_client = AdminClient::new(gw.channel("admin", Duration::from_secs(60)).await);
+    admin_client
+        .revoke_certificate(CertificateRef {
+            fingerprint: fingerprint("supplier-a"),
+        })
+        .await
+        .unwrap();
+    admin_client
+        .suspend_supplier(SupplierRef {
+            id: "supplier-b".into(),
+        })
+        .await
+        .unwrap();
+    gw.kill();
+    gw.spawn();
+    let submit_as = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            let channel = gw.channel(name, Duration::from_secs(60)).await;
+            submit(&mut IntakeClient::new(channel), "after-kill").await
+        }
+    };
+    assert_refused(
+        submit_as("supplier-a").await,
+        Code::Unauthenticated,
+        "CERTIFICATE_REVOKED",
+    );
+    assert_refused(
+        submit_as("supplier-b").await,
+        Code::PermissionDenied,
+        "SUPPLIER_SUSPENDED",
+    );
+    assert_eq!(submit_as("supplier-c").await.unwrap(), 1);
 }

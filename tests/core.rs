@@ -6,6 +6,23 @@ use common::*;
 use schakel::proto::*;
 use tonic::Code;
 
+/// The per-token answers of an ack or release, in order: (token, outcome,
+/// sequence). Compared whole, so an empty or short answer fails too.
+fn answers(results: &[TokenResult]) -> Vec<(String, i32, u64)> {
+    results
+        .iter()
+        .map(|r| (r.lease_token.clone(), r.outcome, r.sequence))
+        .collect()
+}
+
+/// What [`answers`] must be when every one of `records` got `outcome`.
+fn each(records: &[DeliveredRecord], outcome: TokenOutcome) -> Vec<(String, i32, u64)> {
+    records
+        .iter()
+        .map(|r| (r.lease_token.clone(), outcome as i32, r.sequence))
+        .collect()
+}
+
 fn statuses(receipt: &BatchReceipt) -> Vec<(u32, i32, Vec<String>)> {
     receipt
         .results
@@ -41,8 +58,10 @@ async fn push_then_pull_then_ack() {
     );
 
     let mut registry = server.registry().await;
+    // A short lease, so the "nothing more" pull below outlives it: if the ack
+    // had not removed the records they would come back within that wait.
     let pulled = registry
-        .pull(pull_request(10, 0, 30_000))
+        .pull(pull_request(10, 0, 2_000))
         .await
         .expect("pull")
         .into_inner();
@@ -82,12 +101,9 @@ async fn push_then_pull_then_ack() {
         .await
         .expect("ack")
         .into_inner();
-    assert!(
-        acked
-            .results
-            .iter()
-            .all(|r| r.outcome == TokenOutcome::Acked as i32),
-        "{acked:?}"
+    assert_eq!(
+        answers(&acked.results),
+        each(&pulled.records, TokenOutcome::Acked)
     );
     // Idempotent: a second ack of the same tokens says so.
     let again = registry
@@ -97,20 +113,18 @@ async fn push_then_pull_then_ack() {
         .await
         .expect("ack")
         .into_inner();
-    assert!(
-        again
-            .results
-            .iter()
-            .all(|r| r.outcome == TokenOutcome::AlreadyAcked as i32),
-        "{again:?}"
+    assert_eq!(
+        answers(&again.results),
+        each(&pulled.records, TokenOutcome::AlreadyAcked)
     );
-    // Nothing more to deliver; a long-poll that runs out answers empty, not an error.
+    // Nothing more to deliver, even once the first lease has run out; a
+    // long-poll that runs out answers empty, not an error.
     let empty = registry
-        .pull(pull_request(10, 200, 30_000))
+        .pull(pull_request(10, 2_500, 30_000))
         .await
         .expect("pull")
         .into_inner();
-    assert!(empty.records.is_empty());
+    assert_eq!(empty.records, vec![]);
     // Garbage is unknown.
     let unknown = registry
         .ack(AckRequest {
@@ -120,8 +134,8 @@ async fn push_then_pull_then_ack() {
         .expect("ack")
         .into_inner();
     assert_eq!(
-        unknown.results[0].outcome,
-        TokenOutcome::UnknownToken as i32
+        answers(&unknown.results),
+        vec![("nonsense".to_owned(), TokenOutcome::UnknownToken as i32, 0)]
     );
 }
 
@@ -158,8 +172,9 @@ async fn resend_is_duplicate_and_not_delivered_twice() {
     assert_eq!(other.accepted, 1);
 
     let mut registry = server.registry().await;
+    // A short lease: the final pull outlives it (see below).
     let pulled = registry
-        .pull(pull_request(100, 0, 30_000))
+        .pull(pull_request(100, 0, 2_000))
         .await
         .unwrap()
         .into_inner();
@@ -176,24 +191,31 @@ async fn resend_is_duplicate_and_not_delivered_twice() {
         .iter()
         .map(|r| r.lease_token.clone())
         .collect();
-    registry
+    let acked = registry
         .ack(AckRequest {
             lease_tokens: tokens,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answers(&acked.results),
+        each(&pulled.records, TokenOutcome::Acked)
+    );
     let late = intake
         .submit_batch(batch("b2", vec![record("m-1")]))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(late.duplicate, 1);
+    assert_eq!((late.accepted, late.duplicate, late.rejected), (0, 1, 0));
+    // Waits past the first lease: neither the acked records nor the late
+    // resend come (back).
     let nothing = registry
-        .pull(pull_request(100, 0, 30_000))
+        .pull(pull_request(100, 2_500, 30_000))
         .await
         .unwrap()
         .into_inner();
-    assert!(nothing.records.is_empty());
+    assert_eq!(nothing.records, vec![]);
 }
 
 #[tokio::test]
@@ -512,7 +534,10 @@ async fn lease_expiry_redelivers_with_attempt_two_and_late_ack_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(late.results[0].outcome, TokenOutcome::LeaseExpired as i32);
+    assert_eq!(
+        answers(&late.results),
+        each(&first.records, TokenOutcome::LeaseExpired)
+    );
     let ok = registry
         .ack(AckRequest {
             lease_tokens: vec![second.records[0].lease_token.clone()],
@@ -520,7 +545,10 @@ async fn lease_expiry_redelivers_with_attempt_two_and_late_ack_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ok.results[0].outcome, TokenOutcome::Acked as i32);
+    assert_eq!(
+        answers(&ok.results),
+        each(&second.records, TokenOutcome::Acked)
+    );
 }
 
 #[tokio::test]
@@ -546,7 +574,10 @@ async fn release_gives_records_back_at_once() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(released.results[0].outcome, TokenOutcome::Released as i32);
+    assert_eq!(
+        answers(&released.results),
+        each(&first.records, TokenOutcome::Released)
+    );
     let again = registry
         .release(ReleaseRequest {
             lease_tokens: vec![token],
@@ -555,8 +586,8 @@ async fn release_gives_records_back_at_once() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        again.results[0].outcome,
-        TokenOutcome::AlreadyReleased as i32
+        answers(&again.results),
+        each(&first.records, TokenOutcome::AlreadyReleased)
     );
     let second = registry
         .pull(pull_request(10, 0, 60_000))
@@ -583,13 +614,19 @@ async fn restart_keeps_queue_and_dedup_memory() {
             .await
             .unwrap()
             .into_inner();
+        assert_eq!(pulled.records.len(), 1);
         assert_eq!(pulled.records[0].message_id, "m-1");
-        registry
+        let acked = registry
             .ack(AckRequest {
                 lease_tokens: vec![pulled.records[0].lease_token.clone()],
             })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answers(&acked.results),
+            each(&pulled.records, TokenOutcome::Acked)
+        );
     }
     server.restart().await;
     let resend = server
@@ -663,5 +700,104 @@ async fn pii_without_consent_is_rejected_and_stored_nowhere() {
                 path.display()
             );
         }
+    }
+}
+
+/// Dedup judges "identical" after normalisation (README, Decisions): the same
+/// record resent with the alpha-3 country `NLD` instead of `NL` and the BSN's
+/// 8-digit form instead of its 9 digits with a leading zero is DUPLICATE, not
+/// a conflict and not a second record.
+#[tokio::test]
+async fn a_resend_that_differs_only_before_normalisation_is_duplicate() {
+    let server = TestServer::start().await;
+    let mut intake = server.intake(SUPPLIER_A).await;
+    let mut original = record("norm-1");
+    original.patient.as_mut().unwrap().bsn = "010015838".into();
+    original.vaccination.as_mut().unwrap().country = "NL".into();
+    let first = intake
+        .submit_batch(batch("b1", vec![original.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.accepted, first.duplicate, first.rejected), (1, 0, 0));
+    let mut resend = original;
+    resend.patient.as_mut().unwrap().bsn = "10015838".into();
+    resend.vaccination.as_mut().unwrap().country = "NLD".into();
+    let again = intake
+        .submit_batch(batch("b2", vec![resend]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.accepted, again.duplicate, again.rejected),
+        (0, 1, 0),
+        "{again:?}"
+    );
+    assert_eq!(
+        statuses(&again),
+        vec![(0, RecordStatus::Duplicate as i32, vec![])]
+    );
+    let pulled = server
+        .registry()
+        .await
+        .pull(pull_request(10, 0, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pulled.records.len(), 1, "one record, not two");
+    let stored = pulled.records[0].record.as_ref().unwrap();
+    assert_eq!(stored.patient.as_ref().unwrap().bsn, "010015838");
+    assert_eq!(stored.vaccination.as_ref().unwrap().country, "NL");
+}
+
+/// README (Decisions): a record's message id is echoed in the receipt, except
+/// when the id itself is malformed (it may hold anything, patient data too).
+#[tokio::test]
+async fn a_malformed_message_id_is_not_echoed() {
+    let server = TestServer::start().await;
+    let with_spaces = "BSN 249566758 Berg";
+    let too_long = format!("Oostwoudsma-1944-07-29-{}", "x".repeat(60));
+    let mut bad_bsn = record("echo-me");
+    bad_bsn.patient.as_mut().unwrap().bsn = "123456789".into();
+    let receipt = server
+        .intake(SUPPLIER_A)
+        .await
+        .submit_batch(batch(
+            "echo",
+            vec![record(with_spaces), record(&too_long), bad_bsn],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (receipt.accepted, receipt.duplicate, receipt.rejected),
+        (0, 0, 3)
+    );
+    type Seen<'a> = Vec<(u32, &'a str, Vec<(&'a str, &'a str)>)>;
+    let seen: Seen = receipt
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.message_id.as_str(),
+                r.findings
+                    .iter()
+                    .map(|f| (f.field.as_str(), f.code.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, "", vec![("message_id", "INVALID_CHARACTERS")]),
+            (1, "", vec![("message_id", "MESSAGE_ID_TOO_LONG")]),
+            (2, "echo-me", vec![("patient.bsn", "BSN_CHECKSUM")]),
+        ]
+    );
+    let text = format!("{receipt:?}");
+    for needle in ["249566758", "Berg", "Oostwoudsma", "1944-07-29"] {
+        assert!(!text.contains(needle), "{needle:?} echoed: {text}");
     }
 }

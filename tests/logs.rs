@@ -2,7 +2,12 @@
 //! carries the supplier and the batch id (span fields), every line of a pull or
 //! an ack the call and the registry identity, in the JSON format of
 //! `--log-json`, and no line carries patient data. Its own test binary, so no
-//! other test's gateway writes into the captured log.
+//! other test binary's gateway writes into the captured log.
+//!
+//! The subscriber is the process-wide default, at trace level: a per-thread
+//! subscriber (`set_default`) would miss what runs on other threads, such as
+//! validation and the store in `spawn_blocking`. Both tests of this binary
+//! write into the one capture, so each looks only at its own lines.
 
 mod common;
 
@@ -25,26 +30,49 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter("schakel=debug")
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// The process-wide capture, installed once for the whole test binary.
+fn captured() -> Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter("schakel=trace")
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the only global subscriber of this binary");
+            captured
+        })
+        .clone()
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
+    let captured = captured();
     let server = TestServer::start().await;
-    let mut bad = record("log-2");
-    if let Some(p) = bad.patient.as_mut() {
-        p.bsn = "123456789".into();
-    }
+    // Patient values that occur nowhere else, in an accepted (consented)
+    // record and in a rejected one.
+    let mut good = record("log-1");
+    let p = good.patient.as_mut().unwrap();
+    p.bsn = "010015838".into();
+    p.given_names = "Wubbolt".into();
+    p.infix = "ter".into();
+    p.family_name = "Oostwoudsma".into();
+    p.birth_date = "1944-07-29".into();
+    let mut bad = good.clone();
+    bad.message_id = "log-2".into();
+    let p = bad.patient.as_mut().unwrap();
+    p.bsn = "123456789".into();
+    p.given_names = "Hiskje".into();
+    p.family_name = "Zwaagstra".into();
+    p.birth_date = "1933-01-17".into();
     server
         .intake(SUPPLIER_A)
         .await
-        .submit_batch(batch("log-check-batch", vec![record("log-1"), bad]))
+        .submit_batch(batch("log-check-batch", vec![good, bad]))
         .await
         .expect("submit");
     let mut registry = server.registry().await;
@@ -58,12 +86,26 @@ async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
         .into_inner()
         .records;
     assert_eq!(pulled.len(), 1);
-    registry
+    let acked = registry
         .ack(schakel::proto::AckRequest {
             lease_tokens: vec![pulled[0].lease_token.clone()],
         })
         .await
-        .expect("ack");
+        .expect("ack")
+        .into_inner();
+    assert_eq!(
+        acked
+            .results
+            .iter()
+            .map(|r| (r.outcome, r.sequence))
+            .collect::<Vec<_>>(),
+        [(
+            schakel::proto::TokenOutcome::Acked as i32,
+            pulled[0].sequence
+        )]
+    );
+    // The store's work of the batch ran on the blocking pool: seen all the same.
+    drop(server);
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -95,7 +137,23 @@ async fn every_line_of_a_batch_names_supplier_and_batch_and_no_patient_data() {
         let identity = line["span"]["identity"].as_str().unwrap_or("");
         assert!(identity.contains("registry"), "{line}");
     }
-    for forbidden in ["249566758", "123456789", "Berg", "1950-04-12"] {
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "TRACE" || l["level"] == "DEBUG"),
+        "debug and trace lines are captured"
+    );
+    for forbidden in [
+        "010015838",
+        "10015838",
+        "Wubbolt",
+        "Oostwoudsma",
+        "1944-07-29",
+        "123456789",
+        "Hiskje",
+        "Zwaagstra",
+        "1933-01-17",
+    ] {
         assert!(!text.contains(forbidden), "{forbidden} in the log: {text}");
     }
 }
@@ -106,14 +164,7 @@ async fn an_overdue_supplier_is_warned_about_by_id_only() {
 
     use schakel::store::{Store, StoreOptions, Supplier};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter("schakel=info")
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = captured();
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -145,7 +196,11 @@ async fn an_overdue_supplier_is_warned_about_by_id_only() {
     let warnings: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        // This test's suppliers only: the other test's gateway logs too.
         .filter(|l| l["level"] == "WARN")
+        .filter(|l| {
+            ["quiet-one", "fresh-one"].contains(&l["fields"]["supplier"].as_str().unwrap_or(""))
+        })
         .collect();
     assert_eq!(warnings.len(), 1, "{text}");
     assert_eq!(warnings[0]["fields"]["supplier"], "quiet-one");

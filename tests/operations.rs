@@ -752,3 +752,239 @@ async fn tls_handshake_outcomes_are_counted() {
         Some(0.0)
     );
 }
+
+/// `schakel ops ...` as an operator runs it; (exit code, stdout, stderr).
+async fn ops_cli(server: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let files = server.files(ADMIN);
+    let (cert, key) = files.identity.expect("identity");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
+        .arg("ops")
+        .args(["--server", &server.url(), "--ca"])
+        .arg(&files.ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("running schakel ops");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// README (operations): `schakel ops deliveries` exits 0, or 2 when a supplier
+/// is overdue; `dead-letters requeue SEQ` puts a dead letter back (same
+/// sequence, attempts from 1); an unknown sequence is refused with exit 1 and
+/// the stable code.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ops_cli_exit_codes_and_requeue() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_deliveries = 1;
+        c.limits.redelivery_backoff_ms = 20;
+    })
+    .await;
+    // Fresh suppliers are not overdue (26 h by default): exit 0.
+    let (code, stdout, stderr) = ops_cli(&server, &["deliveries", "--json"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let suppliers = list["suppliers"].as_array().expect("suppliers");
+    assert_eq!(suppliers.len(), 2, "{stdout}");
+    assert!(suppliers.iter().all(|s| s["overdue"] != true), "{stdout}");
+
+    // A dead letter: delivered once (max_deliveries = 1), never acked.
+    server
+        .intake(SUPPLIER_A)
+        .await
+        .submit_batch(batch("dl", vec![record("dl-1")]))
+        .await
+        .unwrap();
+    let mut registry = server.registry().await;
+    let first = registry
+        .pull(pull_request(10, 0, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.records.len(), 1);
+    let seq = first.records[0].sequence;
+    // The next pull after the lease ran out buries it instead of delivering.
+    let mut listed = String::new();
+    for _ in 0..50 {
+        let again = registry
+            .pull(pull_request(10, 200, 100))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.records.len(), 0, "delivered past max_deliveries");
+        let (code, stdout, stderr) = ops_cli(&server, &["dead-letters", "list", "--json"]).await;
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        if stdout.contains("dl-1") {
+            listed = stdout;
+            break;
+        }
+    }
+    let list: serde_json::Value = serde_json::from_str(&listed).expect("a dead letter, as JSON");
+    let listed_seq = &list["dead_letters"][0]["sequence"];
+    assert_eq!(
+        listed_seq
+            .as_u64()
+            .or_else(|| listed_seq.as_str().and_then(|s| s.parse().ok())),
+        Some(seq),
+        "{listed}"
+    );
+
+    let (code, stdout, stderr) =
+        ops_cli(&server, &["dead-letters", "requeue", &seq.to_string()]).await;
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, format!("{seq} REQUEUED").as_str()),
+        "{stderr}"
+    );
+    let back = registry
+        .pull(pull_request(10, 5_000, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        back.records
+            .iter()
+            .map(|r| (r.sequence, r.delivery_attempt, r.message_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(seq, 1, "dl-1")]
+    );
+    let (code, stdout, _) = ops_cli(&server, &["dead-letters", "list"]).await;
+    assert_eq!((code, stdout.trim()), (0, "no dead letters"));
+
+    // Unknown sequence: refused, exit 1, with the stable code.
+    let (code, stdout, stderr) = ops_cli(&server, &["dead-letters", "requeue", "999999"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("DEAD_LETTER_NOT_FOUND"), "{stderr}");
+    let (code, _, stderr) = ops_cli(&server, &["dead-letters", "discard", "999999"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("DEAD_LETTER_NOT_FOUND"), "{stderr}");
+}
+
+/// README (operations): exit 2 when a supplier is overdue.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ops_cli_exits_2_when_a_supplier_is_overdue() {
+    let server = TestServer::start_with(|c| c.ops.overdue_after_secs = 1).await;
+    server
+        .intake(SUPPLIER_A)
+        .await
+        .submit_batch(batch("on-time", vec![record("on-time")]))
+        .await
+        .unwrap();
+    // supplier-b never delivers: overdue once a second has passed since it
+    // was registered (a condition on the clock, polled until it holds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, stdout, stderr) = ops_cli(&server, &["deliveries", "--json"]).await;
+        let list: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        let overdue_b = list["suppliers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["supplier_id"] == SUPPLIER_B && s["overdue"] == true);
+        if overdue_b {
+            assert_eq!(code, 2, "{stdout}{stderr}");
+            break;
+        }
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never overdue: {stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, stdout, _) = ops_cli(&server, &["deliveries"]).await;
+    assert_eq!(code, 2);
+    assert!(stdout.contains("OVERDUE"), "{stdout}");
+}
+
+/// SIGTERM with a call in flight (README, Where to look: shutdown with a grace
+/// period): the real `schakel serve` stops taking new connections, lets the
+/// call under way finish with its normal answer, syncs the store and exits 0;
+/// what was acknowledged before is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_calls_in_flight_finish_then_exits_0() {
+    use common::process::ChildGateway;
+    use schakel::proto::intake_client::IntakeClient;
+    use schakel::proto::registry_client::RegistryClient;
+
+    // One call per certificate, so a refused second call proves the first is
+    // under way at the server (no sleeping on a guess).
+    let gw = ChildGateway::start_with(&[], &[("limits", "max_in_flight_per_identity = 1")]);
+    let receipt = IntakeClient::new(gw.channel("supplier-a", Duration::from_secs(60)).await)
+        .submit_batch(batch("before", vec![record("before-1")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.accepted, 1);
+    let mut registry = RegistryClient::new(gw.channel("registry", Duration::from_secs(60)).await);
+    let first = registry
+        .pull(pull_request(10, 0, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.records.len(), 1);
+    // A long-poll on the now empty queue: 1.5 s, inside the 2 s grace period.
+    let mut poller = registry.clone();
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = poller.pull(pull_request(10, 1_500, 60_000)).await;
+        (answer, started.elapsed())
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match registry.pull(pull_request(10, 0, 60_000)).await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the long-poll never arrived"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    gw.signal("TERM");
+    let (answer, took) = poll.await.unwrap();
+    let answer = answer.expect("the call in flight gets its normal answer");
+    assert_eq!(answer.into_inner().records.len(), 0);
+    assert!(
+        took >= Duration::from_millis(1_400),
+        "cut short after {took:?}"
+    );
+    let status = gw.terminate_wait();
+    assert!(
+        status.success(),
+        "exit after a graceful shutdown: {status:?}"
+    );
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("shutdown forced"), "{log}");
+
+    // Nothing acknowledged was lost: the unacked record is delivered again.
+    gw.spawn();
+    let mut registry = RegistryClient::new(gw.channel("registry", Duration::from_secs(60)).await);
+    let again = registry
+        .pull(pull_request(10, 0, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again
+            .records
+            .iter()
+            .map(|r| r.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["before-1"]
+    );
+}

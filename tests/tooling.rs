@@ -70,6 +70,45 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).expect("report is JSON")
 }
 
+/// Every patient value (bsn, given names, infix, family name, birth date) of a
+/// `;`-separated export with a header line, as written; values shorter than
+/// four characters (an infix such as "de") are left out, they occur in
+/// ordinary words. A quoted value loses its quotes.
+fn patient_values(export: &str) -> BTreeSet<String> {
+    let mut lines = export.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
+    let columns: Vec<usize> = ["bsn", "given_names", "infix", "family_name", "birth_date"]
+        .iter()
+        .map(|c| header.iter().position(|h| h == c).expect("column"))
+        .collect();
+    let mut out = BTreeSet::new();
+    for line in lines {
+        // Split on ';' outside double quotes.
+        let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+        for c in line.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ';' if !quoted => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        for &c in &columns {
+            if let Some(v) = fields.get(c).filter(|v| v.chars().count() >= 4) {
+                out.insert(v.clone());
+                // The parts of a multi-part value too ("Zoë; Anne").
+                out.extend(
+                    v.split([';', ' '])
+                        .map(str::trim)
+                        .filter(|p| p.chars().count() >= 4)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// (line, message_id, status, field, code) of every report entry.
 fn entries(report: &Value) -> Vec<(u64, String, String, String, String)> {
     report["entries"]
@@ -103,12 +142,29 @@ async fn drain(server: &TestServer) -> Vec<DeliveredRecord> {
             return all;
         }
         let tokens = got.iter().map(|r| r.lease_token.clone()).collect();
-        registry
+        let acked = registry
             .ack(AckRequest {
                 lease_tokens: tokens,
             })
             .await
-            .expect("ack");
+            .expect("ack")
+            .into_inner();
+        // Every token answered, in order, ACKED: an ack that did nothing
+        // would otherwise look like a drained queue (the lease is still live).
+        assert_eq!(
+            acked
+                .results
+                .iter()
+                .map(|r| (r.lease_token.as_str(), r.outcome, r.sequence))
+                .collect::<Vec<_>>(),
+            got.iter()
+                .map(|r| (
+                    r.lease_token.as_str(),
+                    TokenOutcome::Acked as i32,
+                    r.sequence
+                ))
+                .collect::<Vec<_>>()
+        );
         all.extend(got);
     }
 }
@@ -197,7 +253,22 @@ async fn push_of_a_csv_with_good_duplicate_and_bad_rows_exits_2_with_summary_and
         .nth(2)
         .unwrap()
         .contains(",5,EX-0003,REJECTED,patient.bsn,BSN_CHECKSUM,"));
-    assert!(!csv.contains("249566758") && !report.to_string().contains("249566758"));
+    // No patient value of any row (accepted, duplicate or rejected) is in
+    // either report file: every BSN, name and birth date of the input.
+    let report_files = [
+        std::fs::read_to_string(dir.path().join("export-2021-03-04.csv.errors.json")).unwrap(),
+        csv.clone(),
+    ];
+    let patient_values = patient_values(EXAMPLE);
+    assert!(patient_values.len() >= 10, "{patient_values:?}");
+    for value in &patient_values {
+        for text in &report_files {
+            assert!(
+                !text.contains(value.as_str()),
+                "{value:?} in a report: {text}"
+            );
+        }
+    }
 
     let queued: BTreeSet<String> = drain(&server)
         .await
@@ -764,11 +835,11 @@ async fn push_retries_while_the_gateway_is_unavailable() {
     // The harness's config (PKI, identities), served later on a port we choose.
     let mut server = TestServer::start().await;
     server.stop().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The port is ours from here on: bound but not listening, so a connection
+    // is refused (the gateway is down) and no other process can take it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "later.ndjson", &ndjson_records("L", 20));
     let mut args = strings(&["push", input.to_str().unwrap(), "--attempts", "30"]);
@@ -790,14 +861,14 @@ async fn push_retries_while_the_gateway_is_unavailable() {
             break;
         }
     }
-    // Now the gateway comes up on that port.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    // Now the gateway comes up on that port (and no operations port: the
+    // config's default is the fixed 9464).
+    let listener = socket.listen(1024).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(schakel::server::run(
+    let serving = tokio::spawn(schakel::server::run_with_http(
         server.config.clone(),
         listener,
+        None,
         async {
             let _ = rx.await;
         },

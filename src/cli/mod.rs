@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// Override the data folder.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Once the ports are bound, write their addresses to this file
+    /// (`grpc=ADDR` and `http=ADDR` lines), so a script or test can use
+    /// port 0 (`--listen 127.0.0.1:0`) and read the port the kernel chose.
+    #[arg(long)]
+    pub ports_file: Option<PathBuf>,
 }
 
 /// `schakel certs ...`.

@@ -20,7 +20,36 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    crate::server::run(config, listener, shutdown_signal()).await?;
+    let http = match config.ops.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the operations port {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &args.ports_file {
+        write_ports_file(path, &listener, http.as_ref())?;
+    }
+    crate::server::run_with_http(config, listener, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Writes `grpc=ADDR` (and `http=ADDR` when the operations port is on) to
+/// `path`, via a temp file and a rename, so a reader never sees half a file.
+fn write_ports_file(
+    path: &std::path::Path,
+    grpc: &TcpListener,
+    http: Option<&TcpListener>,
+) -> anyhow::Result<()> {
+    let mut text = format!("grpc={}\n", grpc.local_addr()?);
+    if let Some(http) = http {
+        text.push_str(&format!("http={}\n", http.local_addr()?));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

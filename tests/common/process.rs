@@ -27,6 +27,18 @@ pub const SUPPLIERS: &[&str] = &["supplier-a", "supplier-b", "supplier-c"];
 impl ChildGateway {
     /// Writes a PKI and config into a temp dir and starts the gateway.
     pub fn start(env: &[(&str, &str)]) -> ChildGateway {
+        Self::start_with(env, &[])
+    }
+
+    /// [`ChildGateway::start`] with extra config lines, each `(section, line)`
+    /// with section `""` (top level), `"tls"`, `"limits"` or `"ops"`.
+    ///
+    /// Both ports are bound by the gateway on 127.0.0.1:0 (no port is picked
+    /// and freed by the test, which another process could take meanwhile); the
+    /// gateway writes what it bound to `--ports-file`. The config is then
+    /// pinned to those ports, so a restart after a kill serves on the same
+    /// address, as a restarted production gateway does.
+    pub fn start_with(env: &[(&str, &str)], extra: &[(&str, &str)]) -> ChildGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new("Schakel process-test CA").expect("CA");
         let w =
@@ -35,16 +47,21 @@ impl ChildGateway {
         let (cert, key) = ca.server_cert().expect("server cert");
         w("server.pem", &cert);
         w("server.key", &key);
-        let mut config = String::new();
-        let free_port = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
+        let lines = |section: &str| {
+            extra
+                .iter()
+                .filter(|(s, _)| *s == section)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect::<String>()
         };
-        let (port, http_port) = (free_port(), free_port());
         let d = dir.path().display();
-        config.push_str(&format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/data\"\n\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/ca.pem\"\n\n[limits]\nshutdown_grace_secs = 2\n\n[ops]\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n"
-        ));
+        let mut config = format!(
+            "{}data_dir = \"{d}/data\"\n\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/ca.pem\"\n{}\n[limits]\nshutdown_grace_secs = 2\n{}\n[ops]\n{}\n",
+            lines(""),
+            lines("tls"),
+            lines("limits"),
+            lines("ops"),
+        );
         for s in SUPPLIERS {
             config.push_str(&format!("[[suppliers]]\nid = \"{s}\"\nname = \"{s}\"\n\n"));
         }
@@ -63,11 +80,19 @@ impl ChildGateway {
                 "[[identities]]\nrole = \"{role}\"\nname = \"{name}\"\ncert = \"{d}/{name}.pem\"\n{supplier}\n"
             ));
         }
-        w("schakel.toml", &config);
-        let gateway = ChildGateway {
+        // `listen` and `http_listen` go first in their sections (top level, [ops]).
+        let pinned = |grpc: &str, http: &str| {
+            format!("listen = \"{grpc}\"\n{config}").replacen(
+                "[ops]\n",
+                &format!("[ops]\nhttp_listen = \"{http}\"\n"),
+                1,
+            )
+        };
+        w("schakel.toml", &pinned("127.0.0.1:0", "127.0.0.1:0"));
+        let mut gateway = ChildGateway {
             log: dir.path().join("gateway.log"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             child: Mutex::new(None),
             env: env
@@ -76,7 +101,51 @@ impl ChildGateway {
                 .collect(),
         };
         gateway.spawn();
+        let (grpc, http) = gateway.bound_ports();
+        gateway.addr = grpc;
+        gateway.http_addr = http;
+        std::fs::write(
+            gateway.dir.path().join("schakel.toml"),
+            pinned(&grpc.to_string(), &http.to_string()),
+        )
+        .expect("write");
         gateway
+    }
+
+    fn ports_file(&self) -> PathBuf {
+        self.dir.path().join("ports")
+    }
+
+    /// Waits until the process has bound its ports and written them (the
+    /// file is written by a rename, so it is never half there), or has exited.
+    fn bound_ports(&self) -> (SocketAddr, SocketAddr) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.ports_file()) {
+                let addr = |key: &str| -> SocketAddr {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("no {key} in the ports file: {text:?}"))
+                };
+                return (addr("grpc="), addr("http="));
+            }
+            if let Some(status) = self
+                .lock()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "schakel serve exited with {status} before binding; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "schakel serve did not bind its ports within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts the process (again), appending to the log.
@@ -90,6 +159,8 @@ impl ChildGateway {
             .arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("schakel.toml"))
+            .arg("--ports-file")
+            .arg(self.ports_file())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -129,6 +200,11 @@ impl ChildGateway {
     /// SIGTERM, and wait for the graceful exit.
     pub fn terminate(&self) -> std::process::ExitStatus {
         self.signal("TERM");
+        self.terminate_wait()
+    }
+
+    /// Waits for the process to exit (after a SIGTERM sent earlier).
+    pub fn terminate_wait(&self) -> std::process::ExitStatus {
         let mut child = self.lock().take().expect("running");
         child.wait().expect("wait")
     }
