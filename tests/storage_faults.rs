@@ -86,17 +86,38 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// Pulls and acks until the queue is empty; every message id once.
 async fn drain(server: &TestServer) -> HashSet<String> {
+    const LEASE_MS: u32 = 1000;
     let mut registry = server.registry().await;
     let mut delivered = HashSet::new();
     loop {
         let pulled = registry
-            .pull(pull_request(5000, 0, 60_000))
+            .pull(pull_request(5000, 0, LEASE_MS))
             .await
             .expect("pull")
             .into_inner();
         if pulled.records.is_empty() {
+            // Empty because everything was acked, not because leases are still
+            // live: once every lease given out has run out, nothing comes back.
+            tokio::time::sleep(Duration::from_millis(u64::from(LEASE_MS) + 300)).await;
+            let again = registry
+                .pull(pull_request(5000, 0, LEASE_MS))
+                .await
+                .expect("pull")
+                .into_inner();
+            assert_eq!(again.records.len(), 0, "unacked records came back");
             return delivered;
         }
+        let expected: Vec<(String, i32, u64)> = pulled
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.lease_token.clone(),
+                    schakel::proto::TokenOutcome::Acked as i32,
+                    r.sequence,
+                )
+            })
+            .collect();
         let tokens = pulled
             .records
             .iter()
@@ -112,10 +133,12 @@ async fn drain(server: &TestServer) -> HashSet<String> {
             .await
             .expect("ack")
             .into_inner();
-        assert!(acked
+        let answered: Vec<(String, i32, u64)> = acked
             .results
-            .iter()
-            .all(|r| r.outcome == schakel::proto::TokenOutcome::Acked as i32));
+            .into_iter()
+            .map(|r| (r.lease_token, r.outcome, r.sequence))
+            .collect();
+        assert_eq!(answered, expected, "every token ACKED with its sequence");
     }
 }
 
