@@ -389,7 +389,7 @@ async fn run_on(data: std::path::PathBuf) -> Result<(), schakel::server::ServerE
     let mut config = template.config.clone();
     config.data_dir = data;
     // Port 0 only: no test may depend on a fixed port (the default operations
-    // port 127.0.0.1:9464 may be taken by another gateway on the machine).
+    // port may be taken by another gateway on the machine).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // Must fail before serving; the shutdown timer is a backstop only.
