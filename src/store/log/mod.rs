@@ -379,7 +379,6 @@ impl RecordLog {
                 .len()
                 .map_err(io_err(format!("reading {}", path.display())))?;
             file.set_len(offset)
-                .and_then(|()| file.sync_data())
                 .map_err(io_err(format!("cutting the torn tail of {}", path.display())))?;
             tracing::warn!(
                 file = %path.display(),
@@ -389,12 +388,21 @@ impl RecordLog {
                 "record log: cut a torn or corrupt tail off the last segment (unacknowledged data)"
             );
             self.recovery.tail_cut = Some(TailCut {
-                file: path,
+                file: path.clone(),
                 offset,
                 bytes: len - offset,
                 what: what.to_string(),
             });
         }
+        // Make what this open read durable before anything is served from
+        // it: after a failed sync and a reopen without a reboot the page
+        // cache may hold bytes the disk does not (PostgreSQL fsyncs its data
+        // directory at crash recovery for the same reason).
+        file.sync_data()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err(format!("syncing {}", self.dir.display())))?;
         let seg = self.last_mut();
         seg.file = Some(file);
         seg.scanned = Some(scanned);

@@ -219,6 +219,17 @@ impl SimFs {
         st.fault = None;
     }
 
+    /// The process restarts without a power cut: the disk and the page cache
+    /// keep what they hold (unsynced writes stay visible, and unsynced);
+    /// the crash plan and faults are cleared; handles from before fail.
+    pub fn restart(&self) {
+        let mut st = lock(&self.state);
+        st.generation += 1;
+        st.crash_after = None;
+        st.crashed = false;
+        st.fault = None;
+    }
+
     /// Flips one byte of a file's content (durable and current): bit rot.
     pub fn corrupt_byte(&self, path: &Path, offset: u64) -> io::Result<()> {
         let mut st = lock(&self.state);
