@@ -462,9 +462,21 @@ fn a_failed_roll_latches_the_log() {
     assert_all(&mut log, 1, 4);
 }
 
-/// One sequence of random operations and power cuts on one `SimFs`.
-/// Returns the number of cuts.
-fn power_cut_run(seed: u64, cuts: u32) -> u32 {
+/// What a power-cut run went through (printed, to show the test's reach).
+#[derive(Debug, Default)]
+struct CutStats {
+    cuts: u32,
+    restarts: u32,
+    tail_cuts: u32,
+    removed_incomplete: u32,
+    acknowledged: u64,
+    rolls_seen: u64,
+    deletes: u64,
+}
+
+/// One sequence of random operations and power cuts (or plain process
+/// restarts) on one `SimFs`.
+fn power_cut_run(seed: u64, cuts: u32, stats: &mut CutStats) {
     let ctx = |cut: u32, what: &str| format!("seed {seed}, cut {cut}: {what}");
     let mut rng = StdRng::seed_from_u64(seed);
     let fs = SimFs::new(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -480,7 +492,6 @@ fn power_cut_run(seed: u64, cuts: u32) -> u32 {
     let mut maybe: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     // Records below this may have been deleted.
     let mut floor = 0u64;
-    let mut done = 0;
     for cut in 0..cuts {
         let durable_max = model.keys().next_back().copied();
         let open_opts = LogOptions {
@@ -491,6 +502,9 @@ fn power_cut_run(seed: u64, cuts: u32) -> u32 {
             Ok(log) => log,
             Err(e) => panic!("{}", ctx(cut, &format!("open failed: {e}"))),
         };
+        stats.tail_cuts += u32::from(log.recovery().tail_cut.is_some());
+        stats.removed_incomplete += log.recovery().removed_incomplete.len() as u32;
+        let segments_before = log.segment_count();
         // Verify: contiguous, same bytes, nothing from nowhere, nothing lost.
         let first = log.first_seq();
         let mut seen = BTreeMap::new();
@@ -542,12 +556,15 @@ fn power_cut_run(seed: u64, cuts: u32) -> u32 {
                         maybe.insert(seq, p);
                     })
                 }
-                60..85 => log.sync().map(|()| model.append(&mut maybe)),
+                60..85 => log.sync().map(|()| {
+                    stats.acknowledged += maybe.len() as u64;
+                    model.append(&mut maybe);
+                }),
                 85..90 => {
                     // Records below `at` may go even if the call fails.
                     let at = rng.random_range(log.first_seq()..=log.next_seq());
                     floor = floor.max(at);
-                    log.delete_below(at).map(|_| ())
+                    log.delete_below(at).map(|n| stats.deletes += n as u64)
                 }
                 _ => {
                     let at = rng.random_range(log.first_seq()..=log.next_seq());
@@ -562,16 +579,17 @@ fn power_cut_run(seed: u64, cuts: u32) -> u32 {
                 break;
             }
         }
+        stats.rolls_seen += log.segment_count().saturating_sub(segments_before) as u64;
         drop(log);
         // Mostly a power cut; sometimes a plain restart of the process.
         if rng.random_bool(0.9) {
             fs.power_cut();
+            stats.cuts += 1;
         } else {
             fs.restart();
+            stats.restarts += 1;
         }
-        done += 1;
     }
-    done
 }
 
 #[test]
@@ -584,10 +602,12 @@ fn power_cuts_never_lose_an_acknowledged_record() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed);
-    let mut cuts = 0;
+    let mut stats = CutStats::default();
     for seed in base..base + seeds {
-        cuts += power_cut_run(seed, 100);
+        power_cut_run(seed, 100, &mut stats);
     }
-    eprintln!("power-cut test: {cuts} simulated cuts over {seeds} seeds from {base}");
-    assert_eq!(cuts, seeds as u32 * 100);
+    eprintln!("power-cut test, {seeds} seeds from {base}: {stats:?}");
+    assert_eq!(stats.cuts + stats.restarts, seeds as u32 * 100);
+    // The run reached what it is meant to test.
+    assert!(stats.tail_cuts > 0 && stats.rolls_seen > 0 && stats.deletes > 0);
 }
