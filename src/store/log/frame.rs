@@ -112,12 +112,18 @@ pub(crate) fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
 pub(crate) enum FrameProblem {
     /// The file ends inside the frame (a torn write, or the end of the file
     /// when `got` is 0).
-    Short { got: usize, need: usize },
+    Short {
+        got: usize,
+        need: usize,
+    },
     /// The length field is larger than any frame the log writes.
     TooLong(u32),
     Checksum,
     /// The checksum holds but the sequence is not the next one.
-    Sequence { expected: u64, found: u64 },
+    Sequence {
+        expected: u64,
+        found: u64,
+    },
 }
 
 impl std::fmt::Display for FrameProblem {

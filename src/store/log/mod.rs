@@ -58,8 +58,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use frame::{FrameProblem, FrameRead, FRAME_HEADER_LEN, HEADER_LEN};
 pub use frame::FORMAT_VERSION;
+use frame::{FrameProblem, FrameRead, FRAME_HEADER_LEN, HEADER_LEN};
 pub use fs::{LogFile, LogFs, StdFs};
 
 /// One entry in a segment's sparse index per this many frames.
@@ -287,8 +287,8 @@ impl RecordLog {
             let len = file
                 .len()
                 .map_err(io_err(format!("reading {}", path.display())))?;
-            let header = read_header(&*file, seq)
-                .map_err(io_err(format!("reading {}", path.display())))?;
+            let header =
+                read_header(&*file, seq).map_err(io_err(format!("reading {}", path.display())))?;
             match header {
                 Ok(()) => break,
                 Err(_) if len <= HEADER_LEN => {
@@ -378,8 +378,10 @@ impl RecordLog {
             let len = file
                 .len()
                 .map_err(io_err(format!("reading {}", path.display())))?;
-            file.set_len(offset)
-                .map_err(io_err(format!("cutting the torn tail of {}", path.display())))?;
+            file.set_len(offset).map_err(io_err(format!(
+                "cutting the torn tail of {}",
+                path.display()
+            )))?;
             tracing::warn!(
                 file = %path.display(),
                 offset,

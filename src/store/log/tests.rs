@@ -46,7 +46,11 @@ fn fill(log: &mut RecordLog, n: u64) {
 
 fn assert_all(log: &mut RecordLog, from: u64, to: u64) {
     for seq in from..to {
-        assert_eq!(log.read(seq).expect("read"), Some(payload(seq)), "seq {seq}");
+        assert_eq!(
+            log.read(seq).expect("read"),
+            Some(payload(seq)),
+            "seq {seq}"
+        );
     }
     let all = read_all(log, from);
     assert_eq!(all.len() as u64, to - from);
@@ -121,7 +125,10 @@ fn roll_and_delete(fs: Arc<dyn LogFs>, dir: &Path) {
 
     let mut log = RecordLog::open(Arc::clone(&fs), dir, opts.clone()).expect("reopen");
     assert_eq!(log.segment_count(), segments);
-    assert!(log.recovery().frames_scanned < 20, "open reads the last segment only");
+    assert!(
+        log.recovery().frames_scanned < 20,
+        "open reads the last segment only"
+    );
     // Reads across every segment (lazy scans) and from the middle.
     assert_all(&mut log, 1, 1501);
     let tail = read_all(&mut log, 777);
@@ -428,7 +435,10 @@ fn a_failed_sync_latches_the_log_until_reopened() {
         // The unacknowledged record may or may not have reached the disk.
         match log.next_seq() {
             11 => {}
-            12 => assert_eq!(log.read(11).expect("read"), Some(b"never acknowledged".to_vec())),
+            12 => assert_eq!(
+                log.read(11).expect("read"),
+                Some(b"never acknowledged".to_vec())
+            ),
             n => panic!("next sequence {n}"),
         }
         log.append(b"after").expect("append");
@@ -515,7 +525,10 @@ fn power_cut_run(seed: u64, cuts: u32, stats: &mut CutStats) {
                 expected,
                 Some(&p),
                 "{}",
-                ctx(cut, &format!("seq {seq} holds bytes never appended with it"))
+                ctx(
+                    cut,
+                    &format!("seq {seq} holds bytes never appended with it")
+                )
             );
             seen.insert(seq, p);
         }
@@ -535,7 +548,12 @@ fn power_cut_run(seed: u64, cuts: u32, stats: &mut CutStats) {
             }
         }
         let report = check(&fs, &dir, 4096).expect("check");
-        assert_eq!(report.first_problem, None, "{}", ctx(cut, "check after open"));
+        assert_eq!(
+            report.first_problem,
+            None,
+            "{}",
+            ctx(cut, "check after open")
+        );
         // Everything an open saw is durable (open syncs it).
         model = seen;
         maybe.clear();
