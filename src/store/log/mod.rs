@@ -27,6 +27,9 @@
 //!   and offset, never a silent loss. The caller may pass the last sequence
 //!   it knows was durable (`LogOptions::expect_durable`); a log that ends
 //!   before it is [`LogError::Lost`].
+//! - Open syncs the last segment and the directory, so what it read is
+//!   durable before anything is served from it (after a process restart
+//!   without a reboot the page cache can hold what the disk does not).
 //! - After any failed write, sync, create or remove the log is latched
 //!   failed: every call answers [`LogError::Failed`] until it is reopened
 //!   (the store's rule, see `store::latch`: a later sync that succeeds
