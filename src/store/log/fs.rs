@@ -14,7 +14,7 @@ use std::path::Path;
 /// An open file of the log (a segment).
 pub trait LogFile: Send {
     /// The file's current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Reads into `buf` from `offset`; returns how many bytes were read, fewer
     /// than `buf.len()` only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -51,7 +51,7 @@ pub struct StdFs;
 struct StdFile(File);
 
 impl LogFile for StdFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 

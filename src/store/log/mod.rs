@@ -288,7 +288,7 @@ impl RecordLog {
                 .open(&path)
                 .map_err(io_err(format!("opening {}", path.display())))?;
             let len = file
-                .len()
+                .size()
                 .map_err(io_err(format!("reading {}", path.display())))?;
             let header =
                 read_header(&*file, seq).map_err(io_err(format!("reading {}", path.display())))?;
@@ -379,7 +379,7 @@ impl RecordLog {
         self.recovery.frames_scanned = scanned.next_seq - first_seq;
         if let Some((offset, what)) = problem {
             let len = file
-                .len()
+                .size()
                 .map_err(io_err(format!("reading {}", path.display())))?;
             file.set_len(offset).map_err(io_err(format!(
                 "cutting the torn tail of {}",
@@ -864,7 +864,7 @@ pub fn check(fs: &dyn LogFs, dir: &Path, max_payload: u32) -> Result<CheckReport
             .open(path)
             .map_err(io_err(format!("opening {}", path.display())))?;
         let len = file
-            .len()
+            .size()
             .map_err(io_err(format!("reading {}", path.display())))?;
         report.bytes += len;
         if let Err(what) =

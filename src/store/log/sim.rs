@@ -293,7 +293,7 @@ fn file_mut<'a>(st: &'a mut State, path: &Path) -> io::Result<&'a mut SimFile> {
 }
 
 impl LogFile for SimHandle {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(false, |st, p| Ok(file_mut(st, p)?.current.len() as u64))
     }
 
