@@ -1,13 +1,17 @@
-//! Micro-benchmarks of the hot paths: validating one record, and the store's
-//! submit (dedup + enqueue + group commit) and pull (lease) on a temp sled store.
+//! Micro-benchmarks of the hot paths: validating one record, the store's
+//! submit (dedup + enqueue + group commit) and pull (lease) on a temp sled
+//! store, and the record log (issue 13, not wired in yet): append + sync of a
+//! batch on the real file system, to compare with `store/submit_batch_of_1000`
+//! in the same run.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use prost::Message;
 use rand::SeedableRng;
 use schakel::bench::gen;
 use schakel::schema::{self, Rules};
+use schakel::store::log::{LogOptions, RecordLog};
 use schakel::store::{NewRecord, Store, StoreOptions};
 
 fn records(n: usize, prefix: &str) -> Vec<schakel::proto::VaccinationRecord> {
@@ -116,5 +120,40 @@ fn store_paths(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validation, store_paths);
+/// 1000 records of 220 bytes (about a record's encoded size) appended and
+/// made durable with one `sync` (one fdatasync), on the real file system.
+/// Whole segments behind the tail are deleted between iterations, outside
+/// the measured time, so the bench holds at most a few segments on disk.
+fn record_log(c: &mut Criterion) {
+    const BATCH: usize = 1_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = LogOptions {
+        segment_bytes: 8 << 20,
+        ..LogOptions::default()
+    };
+    let mut log = RecordLog::open_std(&dir.path().join("log"), opts).expect("log");
+    let payload = vec![0x5au8; 220];
+    let mut g = c.benchmark_group("log");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(20);
+    g.bench_function("append_and_sync_1000x220", |b| {
+        b.iter_custom(|iters| {
+            let mut measured = Duration::ZERO;
+            for _ in 0..iters {
+                let keep_from = log.durable_next();
+                log.delete_below(keep_from).expect("delete");
+                let start = Instant::now();
+                for _ in 0..BATCH {
+                    log.append(&payload).expect("append");
+                }
+                log.sync().expect("sync");
+                measured += start.elapsed();
+            }
+            measured
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validation, store_paths, record_log);
 criterion_main!(benches);

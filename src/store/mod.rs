@@ -16,6 +16,7 @@ mod commit;
 mod dead_letters;
 mod deliveries;
 mod latch;
+pub mod log;
 mod queue;
 #[cfg(test)]
 mod tests;
