@@ -118,6 +118,7 @@ pub fn new_identity(
         added_at,
         retire_at: None,
         revoked_at: None,
+        origin: Default::default(),
     }
 }
 
@@ -137,6 +138,8 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
                 contact: s.contact.clone(),
                 suspended: false,
                 created_at: now,
+                ura: None,
+                identity_policy: Default::default(),
             })?;
             tracing::info!(supplier = %s.id, "registered supplier from config");
         }

@@ -33,6 +33,7 @@ use tonic::{Request, Status};
 use crate::error::ServiceError;
 use crate::store::{AuditEvent, Identity, Role, Store, StoreError};
 use crate::tls::PeerInfo;
+use crate::uzi::policy::{PolicyError, UziTrust};
 
 /// The `actor_fingerprint` of an overflow event: refusals of certificates past
 /// the cap of distinct keys, counted per (code, service).
@@ -97,6 +98,8 @@ pub struct Authorize {
     /// The guarded service's name, for the audit trail ("Intake", ...).
     service: &'static str,
     refusals: RefusalAudit,
+    /// The UZI server CAs of the `ura` identity policy, if configured.
+    uzi: Option<Arc<UziTrust>>,
 }
 
 impl Authorize {
@@ -113,7 +116,15 @@ impl Authorize {
             access,
             service,
             refusals,
+            uzi: None,
         }
+    }
+
+    /// Also admits, under the `ura` identity policy, unregistered UZI server
+    /// certificates of the CAs in `uzi` (`tls.uzi_server_ca`).
+    pub fn with_uzi(mut self, uzi: Option<Arc<UziTrust>>) -> Self {
+        self.uzi = uzi;
+        self
     }
 
     /// Looks up and checks the caller of a request.
@@ -127,10 +138,20 @@ impl Authorize {
             .get::<PeerInfo>()
             .cloned()
             .ok_or(ServiceError::NoPeerCertificate)?;
-        let identity = self.store.identity(&peer.fingerprint)?.ok_or_else(|| {
-            ServiceError::UnknownCertificate {
-                fingerprint: peer.fingerprint.clone(),
-            }
+        let registered = match self.store.identity(&peer.fingerprint)? {
+            Some(identity) => Some(identity),
+            // Not pinned: a UZI server certificate may still name the URA of
+            // a supplier whose policy is `ura` (registered on first use).
+            None => match &self.uzi {
+                Some(trust) => trust.resolve(&self.store, &peer).map_err(|e| match e {
+                    PolicyError::Refused(refusal) => ServiceError::Uzi(refusal),
+                    PolicyError::Store(e) => ServiceError::Store(e),
+                })?,
+                None => None,
+            },
+        };
+        let identity = registered.ok_or_else(|| ServiceError::UnknownCertificate {
+            fingerprint: peer.fingerprint.clone(),
         })?;
         let now = SystemTime::now();
         if !identity.is_active(now) {
@@ -455,6 +476,7 @@ mod tests {
             fingerprint: fingerprint.to_owned(),
             subject: "CN=test".into(),
             not_after: SystemTime::now(),
+            cert_der: Arc::from(&b""[..]),
         }
     }
 

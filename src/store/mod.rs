@@ -235,6 +235,55 @@ pub struct Identity {
     pub retire_at: Option<SystemTime>,
     /// Revoked: never active again, whatever the time.
     pub revoked_at: Option<SystemTime>,
+    /// How the certificate was registered: pinned by an admin or the config,
+    /// or on its first use under its supplier's `ura` identity policy.
+    /// Absent in records written before issue 15: pinned.
+    #[serde(default)]
+    pub origin: IdentityOrigin,
+}
+
+/// How an identity came to be registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityOrigin {
+    /// Added by an admin (`certs add`) or from the config.
+    #[default]
+    Pinned,
+    /// Registered on its first use: a UZI server certificate naming the URA of
+    /// a supplier whose policy is `ura`.
+    UraFirstUse,
+}
+
+impl IdentityOrigin {
+    /// As shown by `admin certs list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityOrigin::Pinned => "pinned",
+            IdentityOrigin::UraFirstUse => "ura",
+        }
+    }
+}
+
+/// How a supplier's certificates are recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityPolicy {
+    /// Only certificates registered one by one (their fingerprints).
+    #[default]
+    Pinned,
+    /// Also any currently valid UZI server certificate (card type S) from the
+    /// configured UZI server CA naming the supplier's URA.
+    Ura,
+}
+
+impl IdentityPolicy {
+    /// As written in the config and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityPolicy::Pinned => "pinned",
+            IdentityPolicy::Ura => "ura",
+        }
+    }
 }
 
 impl Identity {
@@ -255,6 +304,13 @@ pub struct Supplier {
     pub contact: String,
     pub suspended: bool,
     pub created_at: SystemTime,
+    /// The organisation's URA (8 digits), if known. Absent in records written
+    /// before issue 15.
+    #[serde(default)]
+    pub ura: Option<String>,
+    /// How its certificates are recognised; absent before issue 15: pinned.
+    #[serde(default)]
+    pub identity_policy: IdentityPolicy,
 }
 
 /// serde helper: `SystemTime` as whole unix seconds.
