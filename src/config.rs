@@ -125,6 +125,12 @@ pub struct TlsConfig {
     /// a row is closed. 0 turns closing off (calls are refused either way).
     #[serde(default = "default_close_revoked_every_ms")]
     pub close_revoked_every_ms: u64,
+    /// PEM file of the UZI server CA certificate(s) whose certificates count
+    /// for suppliers with identity policy `ura`: a certificate must be signed
+    /// by one of them (it must also chain to `client_ca` to pass the
+    /// handshake). Unset: the `ura` policy admits nothing. Read at start.
+    #[serde(default)]
+    pub uzi_server_ca: Option<PathBuf>,
 }
 
 fn default_close_revoked_every_ms() -> u64 {
@@ -210,6 +216,12 @@ pub struct SeedSupplier {
     /// Who to call when deliveries fail.
     #[serde(default)]
     pub contact: String,
+    /// The organisation's URA (8 digits), for identity policy `ura`.
+    #[serde(default)]
+    pub ura: Option<String>,
+    /// `pinned` (default) or `ura` (needs `ura` and `tls.uzi_server_ca`).
+    #[serde(default)]
+    pub identity_policy: crate::store::IdentityPolicy,
 }
 
 /// A client certificate registered at start.
@@ -249,6 +261,7 @@ impl Default for Config {
                 crls: Vec::new(),
                 reload_poll_ms: default_reload_poll_ms(),
                 close_revoked_every_ms: default_close_revoked_every_ms(),
+                uzi_server_ca: None,
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),
@@ -257,11 +270,15 @@ impl Default for Config {
                     id: "supplier-a".into(),
                     name: "Supplier A (dev)".into(),
                     contact: "servicedesk@supplier-a.example".into(),
+                    ura: None,
+                    identity_policy: Default::default(),
                 },
                 SeedSupplier {
                     id: "supplier-b".into(),
                     name: "Supplier B (dev)".into(),
                     contact: "servicedesk@supplier-b.example".into(),
+                    ura: None,
+                    identity_policy: Default::default(),
                 },
             ],
             identities: vec![
@@ -401,6 +418,9 @@ impl Config {
         for crl in &self.tls.crls {
             file("tls.crls entry", crl);
         }
+        if let Some(ca) = &self.tls.uzi_server_ca {
+            file("tls.uzi_server_ca", ca);
+        }
         for identity in &self.identities {
             file(
                 &format!("identity {:?} cert", identity.name),
@@ -429,7 +449,35 @@ impl Config {
                 _ => {}
             }
         }
+        let mut uras = std::collections::HashSet::new();
         for supplier in &self.suppliers {
+            if let Some(ura) = &supplier.ura {
+                if crate::uzi::Ura::parse(ura).is_err() {
+                    problems.push(format!(
+                        "supplier {:?}: ura must be exactly 8 digits",
+                        supplier.id
+                    ));
+                } else if !uras.insert(ura.clone()) {
+                    problems.push(format!(
+                        "supplier {:?}: ura {ura} is given to another supplier too",
+                        supplier.id
+                    ));
+                }
+            }
+            if supplier.identity_policy == crate::store::IdentityPolicy::Ura {
+                if supplier.ura.is_none() {
+                    problems.push(format!(
+                        "supplier {:?} has identity_policy \"ura\" but no ura",
+                        supplier.id
+                    ));
+                }
+                if self.tls.uzi_server_ca.is_none() {
+                    problems.push(format!(
+                        "supplier {:?} has identity_policy \"ura\" but tls.uzi_server_ca is not set",
+                        supplier.id
+                    ));
+                }
+            }
             if supplier.id.is_empty()
                 || supplier.id.len() > 64
                 || !supplier

@@ -138,8 +138,8 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
                 contact: s.contact.clone(),
                 suspended: false,
                 created_at: now,
-                ura: None,
-                identity_policy: Default::default(),
+                ura: s.ura.clone(),
+                identity_policy: s.identity_policy,
             })?;
             tracing::info!(supplier = %s.id, "registered supplier from config");
         }
@@ -324,8 +324,15 @@ async fn serve_once(
     let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
     let refusals = RefusalAudit::new(store.clone(), refusal_settings(&config));
     let refusal_flusher = refusals.spawn_flusher(stop_rx.clone());
-    let authorize =
-        |access, service| Authorize::new(store.clone(), access, service, refusals.clone());
+    let uzi = match &config.tls.uzi_server_ca {
+        Some(path) => Some(std::sync::Arc::new(
+            crate::uzi::policy::UziTrust::from_pem_file(path)?,
+        )),
+        None => None,
+    };
+    let authorize = |access, service| {
+        Authorize::new(store.clone(), access, service, refusals.clone()).with_uzi(uzi.clone())
+    };
     // Health and reflection answer registered, active identities of any role
     // (a certificate of our CA alone is not enough); load balancers and probes
     // use `/healthz` on the operations HTTP port instead.
