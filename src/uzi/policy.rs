@@ -152,13 +152,21 @@ impl UziTrust {
             return Err(UraRefusal::NotValidNow.into());
         }
         let ura = uzi.ura().clone();
-        let mut matching = store.suppliers()?.into_iter().filter(|s| {
-            s.identity_policy == IdentityPolicy::Ura && s.ura.as_deref() == Some(ura.as_str())
-        });
-        let supplier = match (matching.next(), matching.next()) {
-            (None, _) => return Err(UraRefusal::UraNotRegistered(ura).into()),
-            (Some(_), Some(_)) => return Err(UraRefusal::UraAmbiguous(ura).into()),
-            (Some(s), None) => s,
+        let (by_ura, pinned): (Vec<_>, Vec<_>) = store
+            .suppliers()?
+            .into_iter()
+            .filter(|s| s.ura.as_deref() == Some(ura.as_str()))
+            .partition(|s| s.identity_policy == IdentityPolicy::Ura);
+        let supplier = match by_ura.len() {
+            // The URA of a pinned supplier: this certificate is simply not
+            // registered (yet), as without the policy.
+            0 if !pinned.is_empty() => return Ok(None),
+            0 => return Err(UraRefusal::UraNotRegistered(ura).into()),
+            1 => by_ura
+                .into_iter()
+                .next()
+                .ok_or_else(|| UraRefusal::UraAmbiguous(ura.clone()))?,
+            _ => return Err(UraRefusal::UraAmbiguous(ura).into()),
         };
         // A panic while holding the lock leaves nothing half-done behind.
         let _first = self.first_use.lock().unwrap_or_else(PoisonError::into_inner);
