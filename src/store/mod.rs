@@ -719,3 +719,48 @@ fn decode_json<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(what(), e.to_string()))
 }
+
+#[cfg(test)]
+mod compat_tests {
+    use super::*;
+
+    /// Records as written before issue 15 (no `ura`, `identity_policy` or
+    /// `origin`), put into sled's trees as they were, read by a real store.
+    #[tokio::test]
+    async fn suppliers_and_identities_written_before_issue_15_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = "ab".repeat(32);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("suppliers")
+                .unwrap()
+                .insert(
+                    "his-a",
+                    &br#"{"id":"his-a","name":"HIS A","contact":"","suspended":true,"created_at":{"secs_since_epoch":1700000000,"nanos_since_epoch":5}}"#[..],
+                )
+                .unwrap();
+            let identity = format!(
+                r#"{{"fingerprint":"{fp}","role":"supplier","name":"his-a 2024","supplier_id":"his-a","subject":"CN=his-a","serial":"01","not_after":2000000000,"added_at":{{"secs_since_epoch":1700000000,"nanos_since_epoch":0}},"retire_at":null,"revoked_at":null}}"#
+            );
+            db.open_tree("identities")
+                .unwrap()
+                .insert(fp.as_bytes(), identity.as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let supplier = store.supplier("his-a").unwrap().unwrap();
+        assert_eq!(supplier.ura, None);
+        assert_eq!(supplier.identity_policy, IdentityPolicy::Pinned);
+        assert!(supplier.suspended);
+        let identity = store.identity(&fp).unwrap().unwrap();
+        assert_eq!(identity.origin, IdentityOrigin::Pinned);
+        assert_eq!(identity.supplier_id.as_deref(), Some("his-a"));
+        // And a new record keeps its new fields.
+        let mut renewed = supplier.clone();
+        renewed.ura = Some("90000001".into());
+        renewed.identity_policy = IdentityPolicy::Ura;
+        store.put_supplier(&renewed).unwrap();
+        assert_eq!(store.supplier("his-a").unwrap(), Some(renewed));
+    }
+}

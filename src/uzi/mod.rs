@@ -337,15 +337,51 @@ fn permanent_identifier(value: &[u8]) -> Result<PermanentIdentifier, UziError> {
                 out.value = Some(s.to_owned());
             }
             Tag::Oid if out.assigner.is_none() => {
-                let oid = field
-                    .oid()
-                    .map_err(|e| malformed(format!("permanentIdentifier assigner: {e}")))?;
-                out.assigner = Some(oid.to_id_string());
+                out.assigner = Some(dotted_oid(field.data).ok_or_else(|| {
+                    malformed("permanentIdentifier assigner is not a valid OID")
+                })?);
             }
             _ => return Err(malformed("permanentIdentifier has an unexpected field")),
         }
     }
     Ok(out)
+}
+
+/// The dotted form of an OID's content bytes (X.690 8.19). Written here
+/// because asn1-rs misprints a first subidentifier of two bytes or more
+/// (`2.999.x` shows as `3.16.55.x`).
+fn dotted_oid(content: &[u8]) -> Option<String> {
+    let mut arcs = Vec::new();
+    let mut value: u128 = 0;
+    let mut pending = false;
+    for (i, b) in content.iter().enumerate() {
+        if !pending && *b == 0x80 {
+            return None; // a leading 0x80 is not minimal
+        }
+        value = value.checked_mul(128)? | u128::from(b & 0x7f);
+        if value > u128::from(u64::MAX) {
+            return None;
+        }
+        pending = b & 0x80 != 0;
+        if !pending {
+            if arcs.is_empty() {
+                let (first, second) = match value {
+                    0..=39 => (0, value),
+                    40..=79 => (1, value - 40),
+                    _ => (2, value - 80),
+                };
+                arcs.push(first.to_string());
+                arcs.push(second.to_string());
+            } else {
+                arcs.push(value.to_string());
+            }
+            value = 0;
+        }
+        if i + 1 == content.len() && pending {
+            return None;
+        }
+    }
+    (!arcs.is_empty()).then(|| arcs.join("."))
 }
 
 #[cfg(test)]
@@ -389,6 +425,16 @@ mod tests {
             if bad.len() > 8 {
                 assert!(!err.to_string().contains(bad), "{err}");
             }
+        }
+    }
+
+    #[test]
+    fn oids_print_in_dotted_form() {
+        assert_eq!(dotted_oid(&[0x55, 0x05, 0x05]).as_deref(), Some("2.5.5.5"));
+        assert_eq!(dotted_oid(&[0x88, 0x37, 0x03]).as_deref(), Some("2.999.3"));
+        assert_eq!(dotted_oid(&[0x2b, 0x06, 0x01]).as_deref(), Some("1.3.6.1"));
+        for bad in [&[][..], &[0x88], &[0x80, 0x01], &[0xff; 20]] {
+            assert_eq!(dotted_oid(bad), None, "{bad:?}");
         }
     }
 

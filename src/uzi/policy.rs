@@ -216,3 +216,39 @@ impl UziTrust {
         Ok(Some(identity))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{error_code, ServiceError};
+
+    #[test]
+    fn every_refusal_has_its_grpc_code_and_is_documented() {
+        let ura = Ura::parse("90000001").unwrap();
+        let cases = [
+            (UraRefusal::NotUzi(UziError::Missing), tonic::Code::Unauthenticated),
+            (
+                UraRefusal::NotUzi(UziError::Malformed("x".into())),
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                UraRefusal::NotServerCard(CardType::CareProvider),
+                tonic::Code::PermissionDenied,
+            ),
+            (UraRefusal::UraNotRegistered(ura.clone()), tonic::Code::Unauthenticated),
+            (UraRefusal::UraAmbiguous(ura), tonic::Code::Unauthenticated),
+            (UraRefusal::NotValidNow, tonic::Code::Unauthenticated),
+        ];
+        let doc = include_str!("../../docs/error-codes.md");
+        for (refusal, grpc) in cases {
+            let code = refusal.code();
+            let status = tonic::Status::from(ServiceError::Uzi(refusal));
+            assert_eq!(status.code(), grpc, "{code}");
+            assert_eq!(error_code(&status), Some(code));
+            assert!(doc.contains(&format!("`{code}`")), "{code} missing from the docs");
+        }
+        for code in ["URA_FORMAT", "URA_MISSING", "URA_EXISTS"] {
+            assert!(doc.contains(&format!("`{code}`")), "{code} missing from the docs");
+        }
+    }
+}
