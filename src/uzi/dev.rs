@@ -243,6 +243,13 @@ fn other_name(type_id: &str, value_der: &[u8]) -> Vec<u8> {
     tlv(0xa0, &content)
 }
 
+/// A subjectAltName value (DER) holding one UZI otherName whose IA5String is
+/// `value` as given (any bytes): the fuzz target's way into the string parser
+/// through the DER path.
+pub fn uzi_san(value: &[u8]) -> Vec<u8> {
+    tlv(0x30, &other_name(super::OID_UZI_NAME, &tlv(0x16, value)))
+}
+
 /// The subjectAltName extension value: a DNS name plus the UZI otherNames.
 fn subject_alt_name(opts: &UziCertOptions) -> Vec<u8> {
     let mut names = tlv(0x82, format!("uzi-test-{}.example", opts.ura).as_bytes());

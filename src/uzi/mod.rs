@@ -251,9 +251,29 @@ impl UziCertificate {
             .subject_alternative_name()
             .map_err(|e| malformed(format!("subjectAltName: {e}")))?
             .ok_or(UziError::Missing)?;
+        Self::from_general_names(&san.value.general_names)
+    }
+
+    /// Reads the UZI values of a subjectAltName extension's value (DER of
+    /// `GeneralNames`): what [`from_der`](Self::from_der) does after the
+    /// certificate is parsed; the fuzz target's entry.
+    ///
+    /// # Errors
+    /// As `from_der`.
+    pub fn from_subject_alt_name(der: &[u8]) -> Result<UziCertificate, UziError> {
+        use x509_parser::extensions::SubjectAlternativeName;
+        let (rest, san) = SubjectAlternativeName::from_der(der)
+            .map_err(|e| malformed(format!("subjectAltName: {e}")))?;
+        if !rest.is_empty() {
+            return Err(malformed("trailing bytes after the subjectAltName"));
+        }
+        Self::from_general_names(&san.general_names)
+    }
+
+    fn from_general_names(general_names: &[GeneralName<'_>]) -> Result<UziCertificate, UziError> {
         let mut names = Vec::new();
         let mut permanent = Vec::new();
-        for general in &san.value.general_names {
+        for general in general_names {
             if let GeneralName::OtherName(oid, value) = general {
                 match oid.to_id_string().as_str() {
                     OID_UZI_NAME => names.push(UziName::parse(&explicit_ia5(value)?)?),
@@ -443,6 +463,41 @@ mod tests {
         assert!(Ura::parse("00000001").is_ok());
         for bad in ["", "1234567", "123456789", "1234567a", "１２３４５６７８"] {
             assert!(Ura::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The fuzz target's invariants over every truncation and every one-byte
+    /// change of a good subjectAltName (deterministic; `scripts/fuzz.sh
+    /// 60 parse_uzi` runs the real fuzzer).
+    #[test]
+    fn every_truncation_and_byte_flip_of_a_good_value_is_an_answer_not_a_panic() {
+        let mut opts = dev::UziCertOptions::server("90000001");
+        opts.permanent_identifier = Some("90000001".into());
+        let good = dev::uzi_san(opts.uzi_string().as_bytes());
+        assert_eq!(
+            UziCertificate::from_subject_alt_name(&good).unwrap().ura().as_str(),
+            "90000001"
+        );
+        let check = |bytes: &[u8]| match UziCertificate::from_subject_alt_name(bytes) {
+            Ok(cert) => {
+                let ura = cert.ura().as_str();
+                assert!(ura.len() == 8 && ura.bytes().all(|b| b.is_ascii_digit()));
+            }
+            Err(e) => assert!(matches!(e.code(), "UZI_MISSING" | "UZI_MALFORMED")),
+        };
+        for len in 0..good.len() {
+            check(&good[..len]);
+        }
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut bytes = good.clone();
+                bytes[i] ^= 1 << bit;
+                check(&bytes);
+            }
+        }
+        // Any bytes as the IA5String (invalid UTF-8, controls, dashes only).
+        for value in [&b"\xff\xfe"[..], b"\x00-\x01", b"-------", b"", &[b'9'; 4096]] {
+            check(&dev::uzi_san(value));
         }
     }
 
