@@ -28,13 +28,15 @@ struct Uzi {
     server: TestServer,
     /// The configured UZI server CA.
     ca: UziTestCa,
-    /// In the client CA bundle, but not a UZI server CA of the config.
+    /// In the client CA bundle, but not a UZI server CA of the config; same
+    /// name as `ca`, another key.
     bundle_only: UziTestCa,
 }
 
 async fn start() -> Uzi {
     let ca = UziTestCa::new(TEST_UZI_CA_CN).unwrap();
-    let bundle_only = UziTestCa::new("Another UZI-shaped CA TEST").unwrap();
+    // The very name of the UZI CA, another key: only the signature tells them apart.
+    let bundle_only = UziTestCa::new(TEST_UZI_CA_CN).unwrap();
     let (ca_pem, other_pem) = (ca.cert_pem(), bundle_only.cert_pem());
     let server = TestServer::start_with(move |config| {
         let certs = config.tls.client_ca.parent().unwrap().to_path_buf();
@@ -362,8 +364,9 @@ async fn a_certificate_from_another_ca_with_the_right_ura_is_refused() {
     let status = submit(server, &files, "r").await.expect_err("refused");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert!(chain(&status).contains("DecryptError"), "{}", chain(&status));
-    // A CA in the bundle that is not the configured UZI server CA: the
-    // handshake passes, but for `ura` the certificate is nobody's.
+    // A CA in the bundle that is not the configured UZI server CA, though it
+    // has its name: the handshake passes, but for `ura` the certificate is
+    // nobody's (the gateway checks the issuer's signature, not only its name).
     let (files, _, _) = cert(server, &uzi.bundle_only, "other", &UziCertOptions::server(URA_U));
     assert_refused(
         submit(server, &files, "o").await,
