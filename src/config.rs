@@ -618,4 +618,41 @@ mod tests {
         assert!(all.contains("limits.max_connections"), "{all}");
         assert!(all.contains("\"nobody\""), "{all}");
     }
+
+    #[test]
+    fn ura_policies_need_a_ura_of_8_digits_once_and_the_uzi_server_ca() {
+        let mut config = Config::default();
+        config.suppliers[0].identity_policy = crate::store::IdentityPolicy::Ura;
+        config.suppliers[1].ura = Some("1234567".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("\"supplier-a\" has identity_policy \"ura\" but no ura"),
+            "{all}"
+        );
+        assert!(all.contains("tls.uzi_server_ca is not set"), "{all}");
+        assert!(
+            all.contains("\"supplier-b\": ura must be exactly 8 digits"),
+            "{all}"
+        );
+        config.suppliers[0].ura = Some("90000001".into());
+        config.suppliers[1].ura = Some("90000001".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert!(problems
+            .join("\n")
+            .contains("is given to another supplier too"));
+        let parsed: Config = toml::from_str(
+            "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\nuzi_server_ca = \"uzi.pem\"\n\n[[suppliers]]\nid = \"his-a\"\nname = \"HIS A\"\nura = \"90000001\"\nidentity_policy = \"ura\"\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.tls.uzi_server_ca, Some(PathBuf::from("uzi.pem")));
+        assert_eq!(
+            parsed.suppliers[0].identity_policy,
+            crate::store::IdentityPolicy::Ura
+        );
+    }
 }

@@ -157,12 +157,29 @@ async fn a_renewed_certificate_with_the_same_ura_is_accepted_under_ura_and_refus
     let listed = certs_of(server, "his-u").await;
     let mut seen: Vec<_> = listed
         .iter()
-        .map(|c| (c.fingerprint.clone(), c.origin.clone(), c.status.clone(), c.role.clone()))
+        .map(|c| {
+            (
+                c.fingerprint.clone(),
+                c.origin.clone(),
+                c.status.clone(),
+                c.role.clone(),
+            )
+        })
         .collect();
     seen.sort();
     let mut expected = vec![
-        (old_fp.clone(), "ura".to_owned(), "active".to_owned(), "supplier".to_owned()),
-        (new_fp.clone(), "ura".to_owned(), "active".to_owned(), "supplier".to_owned()),
+        (
+            old_fp.clone(),
+            "ura".to_owned(),
+            "active".to_owned(),
+            "supplier".to_owned(),
+        ),
+        (
+            new_fp.clone(),
+            "ura".to_owned(),
+            "active".to_owned(),
+            "supplier".to_owned(),
+        ),
     ];
     expected.sort();
     assert_eq!(seen, expected);
@@ -174,9 +191,21 @@ async fn a_renewed_certificate_with_the_same_ura_is_accepted_under_ura_and_refus
         let serial = &listed.iter().find(|c| &c.fingerprint == fp).unwrap().serial;
         assert_eq!(&event.actor_fingerprint, fp);
         assert_eq!(event.outcome, "ok");
-        assert!(event.detail.contains(&format!("serial={serial} ")), "{}", event.detail);
-        assert!(event.detail.contains(&format!("fingerprint={fp}")), "{}", event.detail);
-        assert!(event.detail.contains("supplier=his-u ura=90000011"), "{}", event.detail);
+        assert!(
+            event.detail.contains(&format!("serial={serial} ")),
+            "{}",
+            event.detail
+        );
+        assert!(
+            event.detail.contains(&format!("fingerprint={fp}")),
+            "{}",
+            event.detail
+        );
+        assert!(
+            event.detail.contains("supplier=his-u ura=90000011"),
+            "{}",
+            event.detail
+        );
     }
 
     // Under `pinned` (his-p): the same kind of certificate is refused until an
@@ -198,7 +227,10 @@ async fn a_renewed_certificate_with_the_same_ura_is_accepted_under_ura_and_refus
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((added.fingerprint.as_str(), added.origin.as_str()), (fp.as_str(), "pinned"));
+    assert_eq!(
+        (added.fingerprint.as_str(), added.origin.as_str()),
+        (fp.as_str(), "pinned")
+    );
     assert_eq!(submit(server, &pinned, "p-1").await.unwrap(), 1);
     assert_eq!(first_uses(server).await.len(), 2);
 }
@@ -297,14 +329,21 @@ async fn another_ura_is_refused_with_its_code_and_audited() {
         refused,
         [("access_refused".to_owned(), "URA_NOT_REGISTERED".to_owned())]
     );
-    assert!(certs_of(server, "").await.iter().all(|c| c.origin == "pinned"));
+    assert!(certs_of(server, "")
+        .await
+        .iter()
+        .all(|c| c.origin == "pinned"));
 }
 
 #[tokio::test]
 async fn a_persons_card_is_refused_for_a_system_role() {
     let uzi = start().await;
     let server = &uzi.server;
-    for (name, card) in [("zorgverlener", 'Z'), ("medewerker", 'N'), ("onbenoemd", 'M')] {
+    for (name, card) in [
+        ("zorgverlener", 'Z'),
+        ("medewerker", 'N'),
+        ("onbenoemd", 'M'),
+    ] {
         let opts = UziCertOptions {
             card_type: card,
             ..UziCertOptions::server(URA_U)
@@ -315,7 +354,9 @@ async fn a_persons_card_is_refused_for_a_system_role() {
             Code::PermissionDenied,
             "UZI_NOT_SERVER_CARD",
         );
-        let channel = schakel::client::connect(&server.url(), &files).await.unwrap();
+        let channel = schakel::client::connect(&server.url(), &files)
+            .await
+            .unwrap();
         assert_refused(
             RegistryClient::new(channel)
                 .pull(pull_request(1, 0, 1000))
@@ -332,7 +373,9 @@ async fn the_registry_and_admins_stay_pinned() {
     let uzi = start().await;
     let server = &uzi.server;
     let (files, _, _) = cert(server, &uzi.ca, "u", &UziCertOptions::server(URA_U));
-    let channel = schakel::client::connect(&server.url(), &files).await.unwrap();
+    let channel = schakel::client::connect(&server.url(), &files)
+        .await
+        .unwrap();
     assert_refused(
         RegistryClient::new(channel.clone())
             .pull(pull_request(1, 0, 1000))
@@ -350,7 +393,10 @@ async fn the_registry_and_admins_stay_pinned() {
     // What it was registered as: a supplier identity, nothing else.
     let listed = certs_of(server, "his-u").await;
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].role.as_str(), listed[0].origin.as_str()), ("supplier", "ura"));
+    assert_eq!(
+        (listed[0].role.as_str(), listed[0].origin.as_str()),
+        ("supplier", "ura")
+    );
 }
 
 #[tokio::test]
@@ -363,11 +409,20 @@ async fn a_certificate_from_another_ca_with_the_right_ura_is_refused() {
     let (files, _, _) = cert(server, &rogue, "rogue", &UziCertOptions::server(URA_U));
     let status = submit(server, &files, "r").await.expect_err("refused");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
-    assert!(chain(&status).contains("DecryptError"), "{}", chain(&status));
+    assert!(
+        chain(&status).contains("DecryptError"),
+        "{}",
+        chain(&status)
+    );
     // A CA in the bundle that is not the configured UZI server CA, though it
     // has its name: the handshake passes, but for `ura` the certificate is
     // nobody's (the gateway checks the issuer's signature, not only its name).
-    let (files, _, _) = cert(server, &uzi.bundle_only, "other", &UziCertOptions::server(URA_U));
+    let (files, _, _) = cert(
+        server,
+        &uzi.bundle_only,
+        "other",
+        &UziCertOptions::server(URA_U),
+    );
     assert_refused(
         submit(server, &files, "o").await,
         Code::Unauthenticated,
@@ -457,9 +512,19 @@ async fn suppliers_add_takes_a_ura_and_its_certificates_work_at_once() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((added.ura.as_str(), added.identity_policy.as_str()), ("90000013", "ura"));
-    let plain = admin.add_supplier(add("his-plain", "", "")).await.unwrap().into_inner();
-    assert_eq!((plain.ura.as_str(), plain.identity_policy.as_str()), ("", "pinned"));
+    assert_eq!(
+        (added.ura.as_str(), added.identity_policy.as_str()),
+        ("90000013", "ura")
+    );
+    let plain = admin
+        .add_supplier(add("his-plain", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plain.ura.as_str(), plain.identity_policy.as_str()),
+        ("", "pinned")
+    );
     assert_refused(
         admin.add_supplier(add("his-bad", "9000001", "")).await,
         Code::InvalidArgument,
@@ -476,7 +541,9 @@ async fn suppliers_add_takes_a_ura_and_its_certificates_work_at_once() {
         "URA_MISSING",
     );
     assert_refused(
-        admin.add_supplier(add("his-what", "90000014", "fingerprint")).await,
+        admin
+            .add_supplier(add("his-what", "90000014", "fingerprint"))
+            .await,
         Code::InvalidArgument,
         "INVALID_REQUEST",
     );
@@ -498,11 +565,22 @@ fn admin_certs_inspect_shows_the_uzi_fields_without_a_server() {
     std::fs::write(&file, pem).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
         // No server runs: inspect must not connect.
-        .args(["admin", "--server", "https://127.0.0.1:1", "--json", "certs", "inspect"])
+        .args([
+            "admin",
+            "--server",
+            "https://127.0.0.1:1",
+            "--json",
+            "certs",
+            "inspect",
+        ])
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["key_type"], "RSA 4096");
     assert_eq!(shown["uzi"]["ura"], URA_U);

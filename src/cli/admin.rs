@@ -476,7 +476,9 @@ fn print_suppliers(list: &[SupplierInfo]) {
         })
         .collect();
     print_table(
-        &["ID", "NAME", "CONTACT", "STATUS", "POLICY", "URA", "CREATED"],
+        &[
+            "ID", "NAME", "CONTACT", "STATUS", "POLICY", "URA", "CREATED",
+        ],
         rows,
     );
 }
@@ -566,7 +568,10 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 uzi_number: u.name.uzi_number.clone(),
                 role: u.name.role.clone(),
                 agb: u.name.agb.clone(),
-                permanent_identifier: u.permanent_identifier.as_ref().and_then(|p| p.value.clone()),
+                permanent_identifier: u
+                    .permanent_identifier
+                    .as_ref()
+                    .and_then(|p| p.value.clone()),
                 permanent_identifier_assigner: u
                     .permanent_identifier
                     .as_ref()

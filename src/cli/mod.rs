@@ -258,6 +258,9 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
         crls: config.tls.crls.clone(),
     };
     crate::tls::server_config(&files)?;
+    if let Some(ca) = &config.tls.uzi_server_ca {
+        crate::uzi::policy::UziTrust::from_pem_file(ca)?;
+    }
     println!("config OK");
     Ok(())
 }

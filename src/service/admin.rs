@@ -404,7 +404,10 @@ impl Admin for AdminService {
                     {
                         return Err(ServiceError::AlreadyExists {
                             code: "URA_EXISTS",
-                            message: format!("URA {ura} is registered already for supplier {}", other.id),
+                            message: format!(
+                                "URA {ura} is registered already for supplier {}",
+                                other.id
+                            ),
                         });
                     }
                 }

@@ -127,9 +127,10 @@ impl UziTestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Schakel TEST - NOT FOR PRODUCTION");
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            "Schakel TEST - NOT FOR PRODUCTION",
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -186,10 +187,12 @@ impl UziTestCa {
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity();
         params.serial_number = Some(SerialNumber::from(random_serial()));
-        params.custom_extensions.push(CustomExtension::from_oid_content(
-            &[2, 5, 29, 17],
-            subject_alt_name(opts),
-        ));
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                subject_alt_name(opts),
+            ));
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(gen_err(what()))?;
@@ -332,7 +335,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dev_uzi(dir.path()).unwrap();
         let ca = describe(&load_certs(&dir.path().join("uzi-ca.pem")).unwrap()[0]).unwrap();
-        assert!(ca.subject.contains("TEST - NOT FOR PRODUCTION"), "{}", ca.subject);
+        assert!(
+            ca.subject.contains("TEST - NOT FOR PRODUCTION"),
+            "{}",
+            ca.subject
+        );
         for (name, key_type) in [
             ("uzi-server-rsa", "RSA 4096"),
             ("uzi-server-ecdsa", "ECDSA P-256"),

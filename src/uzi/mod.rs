@@ -325,7 +325,11 @@ fn explicit_ia5(value: &[u8]) -> Result<String, UziError> {
     if inner.tag() != Tag::Ia5String {
         return Err(malformed("the UZI otherName value is not an IA5String"));
     }
-    if !inner.data.iter().all(|b| b.is_ascii() && !b.is_ascii_control()) {
+    if !inner
+        .data
+        .iter()
+        .all(|b| b.is_ascii() && !b.is_ascii_control())
+    {
         return Err(malformed(
             "the UZI otherName value has non-ASCII or control characters",
         ));
@@ -357,9 +361,10 @@ fn permanent_identifier(value: &[u8]) -> Result<PermanentIdentifier, UziError> {
                 out.value = Some(s.to_owned());
             }
             Tag::Oid if out.assigner.is_none() => {
-                out.assigner = Some(dotted_oid(field.data).ok_or_else(|| {
-                    malformed("permanentIdentifier assigner is not a valid OID")
-                })?);
+                out.assigner =
+                    Some(dotted_oid(field.data).ok_or_else(|| {
+                        malformed("permanentIdentifier assigner is not a valid OID")
+                    })?);
             }
             _ => return Err(malformed("permanentIdentifier has an unexpected field")),
         }
@@ -410,8 +415,9 @@ mod tests {
 
     #[test]
     fn a_server_name_parses_into_its_parts() {
-        let name = UziName::parse("2.16.528.1.1003.1.3.5.5.2-1-12345678-S-90000123-00.000-00000000")
-            .unwrap();
+        let name =
+            UziName::parse("2.16.528.1.1003.1.3.5.5.2-1-12345678-S-90000123-00.000-00000000")
+                .unwrap();
         assert_eq!(name.ca_oid, "2.16.528.1.1003.1.3.5.5.2");
         assert_eq!(name.version, "1");
         assert_eq!(name.uzi_number, "12345678");
@@ -475,7 +481,10 @@ mod tests {
         opts.permanent_identifier = Some("90000001".into());
         let good = dev::uzi_san(opts.uzi_string().as_bytes());
         assert_eq!(
-            UziCertificate::from_subject_alt_name(&good).unwrap().ura().as_str(),
+            UziCertificate::from_subject_alt_name(&good)
+                .unwrap()
+                .ura()
+                .as_str(),
             "90000001"
         );
         let check = |bytes: &[u8]| match UziCertificate::from_subject_alt_name(bytes) {
@@ -496,7 +505,13 @@ mod tests {
             }
         }
         // Any bytes as the IA5String (invalid UTF-8, controls, dashes only).
-        for value in [&b"\xff\xfe"[..], b"\x00-\x01", b"-------", b"", &[b'9'; 4096]] {
+        for value in [
+            &b"\xff\xfe"[..],
+            b"\x00-\x01",
+            b"-------",
+            b"",
+            &[b'9'; 4096],
+        ] {
             check(&dev::uzi_san(value));
         }
     }

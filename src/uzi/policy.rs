@@ -22,9 +22,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use super::{CardType, Ura, UziCertificate, UziError};
-use crate::store::{
-    AuditEvent, Identity, IdentityOrigin, IdentityPolicy, Role, Store, StoreError,
-};
+use crate::store::{AuditEvent, Identity, IdentityOrigin, IdentityPolicy, Role, Store, StoreError};
 use crate::tls::{self, PeerInfo, TlsError};
 
 /// Why the `ura` policy refuses a certificate of a UZI server CA.
@@ -106,7 +104,9 @@ impl UziTrust {
         for cert in &certs {
             tls::describe(cert)?;
         }
-        Ok(UziTrust::from_der(certs.iter().map(|c| c.to_vec()).collect()))
+        Ok(UziTrust::from_der(
+            certs.iter().map(|c| c.to_vec()).collect(),
+        ))
     }
 
     /// The CA certificates, DER.
@@ -169,13 +169,15 @@ impl UziTrust {
             _ => return Err(UraRefusal::UraAmbiguous(ura).into()),
         };
         // A panic while holding the lock leaves nothing half-done behind.
-        let _first = self.first_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let _first = self
+            .first_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(identity) = store.identity(&peer.fingerprint)? {
             return Ok(Some(identity)); // registered by a concurrent first use
         }
-        let info = tls::describe(&peer.cert_der).map_err(|e| {
-            UraRefusal::NotUzi(UziError::Certificate(e.to_string()))
-        })?;
+        let info = tls::describe(&peer.cert_der)
+            .map_err(|e| UraRefusal::NotUzi(UziError::Certificate(e.to_string())))?;
         let now = SystemTime::now();
         let identity = Identity {
             fingerprint: info.fingerprint.clone(),
@@ -199,10 +201,7 @@ impl UziTrust {
             action: "identity.ura_first_use".into(),
             detail: format!(
                 "supplier={} ura={ura} serial={} fingerprint={} issuer={}",
-                supplier.id,
-                info.serial,
-                identity.fingerprint,
-                info.issuer
+                supplier.id, info.serial, identity.fingerprint, info.issuer
             ),
             outcome: "ok".into(),
         })?;
@@ -226,7 +225,10 @@ mod tests {
     fn every_refusal_has_its_grpc_code_and_is_documented() {
         let ura = Ura::parse("90000001").unwrap();
         let cases = [
-            (UraRefusal::NotUzi(UziError::Missing), tonic::Code::Unauthenticated),
+            (
+                UraRefusal::NotUzi(UziError::Missing),
+                tonic::Code::Unauthenticated,
+            ),
             (
                 UraRefusal::NotUzi(UziError::Malformed("x".into())),
                 tonic::Code::Unauthenticated,
@@ -235,7 +237,10 @@ mod tests {
                 UraRefusal::NotServerCard(CardType::CareProvider),
                 tonic::Code::PermissionDenied,
             ),
-            (UraRefusal::UraNotRegistered(ura.clone()), tonic::Code::Unauthenticated),
+            (
+                UraRefusal::UraNotRegistered(ura.clone()),
+                tonic::Code::Unauthenticated,
+            ),
             (UraRefusal::UraAmbiguous(ura), tonic::Code::Unauthenticated),
             (UraRefusal::NotValidNow, tonic::Code::Unauthenticated),
         ];
@@ -245,10 +250,16 @@ mod tests {
             let status = tonic::Status::from(ServiceError::Uzi(refusal));
             assert_eq!(status.code(), grpc, "{code}");
             assert_eq!(error_code(&status), Some(code));
-            assert!(doc.contains(&format!("`{code}`")), "{code} missing from the docs");
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "{code} missing from the docs"
+            );
         }
         for code in ["URA_FORMAT", "URA_MISSING", "URA_EXISTS"] {
-            assert!(doc.contains(&format!("`{code}`")), "{code} missing from the docs");
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "{code} missing from the docs"
+            );
         }
     }
 }
