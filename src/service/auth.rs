@@ -3,7 +3,11 @@
 //! request by the TLS acceptor) into a registered [`Identity`], checks that it is
 //! active and may call the service ([`Access`]: one role, or any role for health
 //! and reflection), and puts a [`Caller`] into the request's extensions. Roles
-//! come from the certificate, never from a field.
+//! come from the certificate, never from a field. A certificate the store does
+//! not know may still be a supplier's under the `ura` identity policy: then
+//! [`crate::uzi::policy::UziTrust::resolve`] registers it on this first use (a
+//! supplier identity only; the registry and admins stay pinned) or refuses it
+//! with a UZI code.
 //!
 //! The lookup happens per request, not per connection, so a certificate that is
 //! revoked or retired, or a supplier that is suspended, is refused on its very
