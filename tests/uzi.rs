@@ -553,16 +553,27 @@ async fn suppliers_add_takes_a_ura_and_its_certificates_work_at_once() {
 }
 
 #[test]
-fn admin_certs_inspect_shows_the_uzi_fields_without_a_server() {
+fn certs_dev_uzi_writes_test_certificates_that_admin_certs_inspect_shows_without_a_server() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = UziTestCa::new(TEST_UZI_CA_CN).unwrap();
-    let opts = UziCertOptions {
-        rsa: true,
-        ..UziCertOptions::server(URA_U)
-    };
-    let (pem, _) = ca.client_cert(&opts).unwrap();
-    let file = dir.path().join("c.pem");
-    std::fs::write(&file, pem).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
+        .args(["certs", "dev", "--uzi", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TEST-ONLY"));
+    let ca = std::fs::read_to_string(dir.path().join("uzi-ca.pem")).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    let ecdsa = schakel::tls::load_certs(&dir.path().join("uzi-server-ecdsa.pem")).unwrap();
+    assert_eq!(
+        schakel::tls::describe(&ecdsa[0]).unwrap().key_type,
+        "ECDSA P-256"
+    );
+    let file = dir.path().join("uzi-server-rsa.pem");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
         // No server runs: inspect must not connect.
         .args([
@@ -583,16 +594,22 @@ fn admin_certs_inspect_shows_the_uzi_fields_without_a_server() {
     );
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["key_type"], "RSA 4096");
-    assert_eq!(shown["uzi"]["ura"], URA_U);
+    assert!(shown["issuer"].as_str().unwrap().contains(TEST_UZI_CA_CN));
+    assert_eq!(shown["uzi"]["ura"], schakel::uzi::dev::DEV_URA_A);
     assert_eq!(shown["uzi"]["card_type"], "S (server certificate)");
+    assert_eq!(shown["uzi"]["ca_oid"], schakel::uzi::dev::TEST_UZI_CA_OID);
     assert_eq!(shown["uzi"]["role"], "00.000");
-    assert_eq!(shown["uzi"]["permanent_identifier"], URA_U);
+    assert_eq!(
+        shown["uzi"]["permanent_identifier"],
+        schakel::uzi::dev::DEV_URA_A
+    );
     assert_eq!(shown["uzi_error"], serde_json::Value::Null);
     // A certificate without UZI values says so with the code.
     let plain = schakel::tls::dev::TestCa::new("plain").unwrap();
     let (pem, _) = plain
         .client_cert("plain", &schakel::tls::dev::ClientCertOptions::default())
         .unwrap();
+    let file = dir.path().join("plain.pem");
     std::fs::write(&file, pem).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_schakel"))
         .args(["admin", "certs", "inspect"])
