@@ -125,10 +125,16 @@ pub struct TlsConfig {
     /// a row is closed. 0 turns closing off (calls are refused either way).
     #[serde(default = "default_close_revoked_every_ms")]
     pub close_revoked_every_ms: u64,
-    /// A CRL past its nextUpdate: "refuse" (default: refuse the certificates it
-    /// covers) or "warn" (keep using it, report it).
+    /// A CRL past its nextUpdate: "warn" (default: keep using it, report it) or
+    /// "refuse" (refuse the certificates it covers).
     #[serde(default)]
     pub crl_expired: crate::tls::CrlExpiredPolicy,
+    /// PEM file of the UZI server CA certificate(s) whose certificates count
+    /// for suppliers with identity policy `ura`: a certificate must be signed
+    /// by one of them (it must also chain to `client_ca` to pass the
+    /// handshake). Unset: the `ura` policy admits nothing. Read at start.
+    #[serde(default)]
+    pub uzi_server_ca: Option<PathBuf>,
 }
 
 fn default_close_revoked_every_ms() -> u64 {
@@ -236,6 +242,12 @@ pub struct SeedSupplier {
     /// Who to call when deliveries fail.
     #[serde(default)]
     pub contact: String,
+    /// The organisation's URA (8 digits), for identity policy `ura`.
+    #[serde(default)]
+    pub ura: Option<String>,
+    /// `pinned` (default) or `ura` (needs `ura` and `tls.uzi_server_ca`).
+    #[serde(default)]
+    pub identity_policy: crate::store::IdentityPolicy,
 }
 
 /// A client certificate registered at start.
@@ -276,6 +288,7 @@ impl Default for Config {
                 reload_poll_ms: default_reload_poll_ms(),
                 close_revoked_every_ms: default_close_revoked_every_ms(),
                 crl_expired: crate::tls::CrlExpiredPolicy::Warn,
+                uzi_server_ca: None,
             },
             limits: Limits::default(),
             rules: RulesConfig::default(),
@@ -284,11 +297,15 @@ impl Default for Config {
                     id: "supplier-a".into(),
                     name: "Supplier A (dev)".into(),
                     contact: "servicedesk@supplier-a.example".into(),
+                    ura: None,
+                    identity_policy: Default::default(),
                 },
                 SeedSupplier {
                     id: "supplier-b".into(),
                     name: "Supplier B (dev)".into(),
                     contact: "servicedesk@supplier-b.example".into(),
+                    ura: None,
+                    identity_policy: Default::default(),
                 },
             ],
             identities: vec![
@@ -445,6 +462,9 @@ impl Config {
         for crl in &self.tls.crls {
             file("tls.crls entry", crl);
         }
+        if let Some(ca) = &self.tls.uzi_server_ca {
+            file("tls.uzi_server_ca", ca);
+        }
         for identity in &self.identities {
             file(
                 &format!("identity {:?} cert", identity.name),
@@ -473,7 +493,35 @@ impl Config {
                 _ => {}
             }
         }
+        let mut uras = std::collections::HashSet::new();
         for supplier in &self.suppliers {
+            if let Some(ura) = &supplier.ura {
+                if crate::uzi::Ura::parse(ura).is_err() {
+                    problems.push(format!(
+                        "supplier {:?}: ura must be exactly 8 digits",
+                        supplier.id
+                    ));
+                } else if !uras.insert(ura.clone()) {
+                    problems.push(format!(
+                        "supplier {:?}: ura {ura} is given to another supplier too",
+                        supplier.id
+                    ));
+                }
+            }
+            if supplier.identity_policy == crate::store::IdentityPolicy::Ura {
+                if supplier.ura.is_none() {
+                    problems.push(format!(
+                        "supplier {:?} has identity_policy \"ura\" but no ura",
+                        supplier.id
+                    ));
+                }
+                if self.tls.uzi_server_ca.is_none() {
+                    problems.push(format!(
+                        "supplier {:?} has identity_policy \"ura\" but tls.uzi_server_ca is not set",
+                        supplier.id
+                    ));
+                }
+            }
             if supplier.id.is_empty()
                 || supplier.id.len() > 64
                 || !supplier
@@ -640,5 +688,42 @@ mod tests {
         assert!(all.contains("limits.max_connections"), "{all}");
         assert!(all.contains("limits.max_decoding_bytes"), "{all}");
         assert!(all.contains("\"nobody\""), "{all}");
+    }
+
+    #[test]
+    fn ura_policies_need_a_ura_of_8_digits_once_and_the_uzi_server_ca() {
+        let mut config = Config::default();
+        config.suppliers[0].identity_policy = crate::store::IdentityPolicy::Ura;
+        config.suppliers[1].ura = Some("1234567".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("\"supplier-a\" has identity_policy \"ura\" but no ura"),
+            "{all}"
+        );
+        assert!(all.contains("tls.uzi_server_ca is not set"), "{all}");
+        assert!(
+            all.contains("\"supplier-b\": ura must be exactly 8 digits"),
+            "{all}"
+        );
+        config.suppliers[0].ura = Some("90000001".into());
+        config.suppliers[1].ura = Some("90000001".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert!(problems
+            .join("\n")
+            .contains("is given to another supplier too"));
+        let parsed: Config = toml::from_str(
+            "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\nuzi_server_ca = \"uzi.pem\"\n\n[[suppliers]]\nid = \"his-a\"\nname = \"HIS A\"\nura = \"90000001\"\nidentity_policy = \"ura\"\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.tls.uzi_server_ca, Some(PathBuf::from("uzi.pem")));
+        assert_eq!(
+            parsed.suppliers[0].identity_policy,
+            crate::store::IdentityPolicy::Ura
+        );
     }
 }

@@ -125,6 +125,10 @@ pub enum ServiceError {
     /// No dead letter with this sequence (requeued or discarded already?).
     #[error("no dead letter with sequence {0}")]
     DeadLetterNotFound(u64),
+    /// An unregistered certificate of a UZI server CA that the `ura` identity
+    /// policy does not admit.
+    #[error("{0}")]
+    Uzi(#[from] crate::uzi::policy::UraRefusal),
 }
 
 impl ServiceError {
@@ -155,6 +159,7 @@ impl ServiceError {
             | ServiceError::FailedPrecondition { code, .. }
             | ServiceError::Rejected { code, .. } => code,
             ServiceError::DeadLetterNotFound(_) => "DEAD_LETTER_NOT_FOUND",
+            ServiceError::Uzi(refusal) => refusal.code(),
         }
     }
 
@@ -179,6 +184,12 @@ impl ServiceError {
             ServiceError::FailedPrecondition { .. } => Code::FailedPrecondition,
             ServiceError::Rejected { .. } => Code::InvalidArgument,
             ServiceError::DeadLetterNotFound(_) => Code::NotFound,
+            // A person's card is a known party that may not act as a system;
+            // the rest do not identify a registered caller.
+            ServiceError::Uzi(crate::uzi::policy::UraRefusal::NotServerCard(_)) => {
+                Code::PermissionDenied
+            }
+            ServiceError::Uzi(_) => Code::Unauthenticated,
         }
     }
 }

@@ -47,3 +47,4 @@ pub mod service;
 pub mod store;
 pub mod testkit;
 pub mod tls;
+pub mod uzi;

@@ -118,6 +118,7 @@ pub fn new_identity(
         added_at,
         retire_at: None,
         revoked_at: None,
+        origin: Default::default(),
     }
 }
 
@@ -137,6 +138,8 @@ pub fn seed(store: &Store, config: &Config) -> Result<(), ServerError> {
                 contact: s.contact.clone(),
                 suspended: false,
                 created_at: now,
+                ura: s.ura.clone(),
+                identity_policy: s.identity_policy,
             })?;
             tracing::info!(supplier = %s.id, "registered supplier from config");
         }
@@ -332,8 +335,15 @@ async fn serve_once(
     let operations = OperationsServer::new(OperationsService::new(monitor.clone()));
     let refusals = RefusalAudit::new(store.clone(), refusal_settings(&config));
     let refusal_flusher = refusals.spawn_flusher(stop_rx.clone());
-    let authorize =
-        |access, service| Authorize::new(store.clone(), access, service, refusals.clone());
+    let uzi = match &config.tls.uzi_server_ca {
+        Some(path) => Some(std::sync::Arc::new(
+            crate::uzi::policy::UziTrust::from_pem_file(path)?,
+        )),
+        None => None,
+    };
+    let authorize = |access, service| {
+        Authorize::new(store.clone(), access, service, refusals.clone()).with_uzi(uzi.clone())
+    };
     // Health and reflection answer registered, active identities of any role
     // (a certificate of our CA alone is not enough); load balancers and probes
     // use `/healthz` on the operations HTTP port instead.

@@ -81,6 +81,8 @@ impl TestServer {
                 id: (*id).into(),
                 name: format!("{id} (test)"),
                 contact: String::new(),
+                ura: None,
+                identity_policy: Default::default(),
             })
             .collect();
         let identity = |role, name: &str, supplier: bool| SeedIdentity {

@@ -322,6 +322,7 @@ async fn add_and_list_suppliers() {
         id: "supplier-c".into(),
         name: "Supplier C".into(),
         contact: "desk@supplier-c.example".into(),
+        ..AddSupplierRequest::default()
     };
     let added = admin
         .add_supplier(request.clone())
@@ -340,6 +341,7 @@ async fn add_and_list_suppliers() {
                 id: "bad id/x".into(),
                 name: "x".into(),
                 contact: String::new(),
+                ..AddSupplierRequest::default()
             })
             .await,
         Code::InvalidArgument,

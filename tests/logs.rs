@@ -177,6 +177,8 @@ async fn an_overdue_supplier_is_warned_about_by_id_only() {
                 contact: "servicedesk@example.org".into(),
                 suspended: false,
                 created_at: now - Duration::from_secs(registered),
+                ura: None,
+                identity_policy: Default::default(),
             })
             .unwrap();
     }

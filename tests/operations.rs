@@ -314,6 +314,7 @@ async fn gateway_with_history(overdue_after_secs: u64, quiet: Duration) -> TestS
                 added_at: now,
                 retire_at: None,
                 revoked_at: None,
+                origin: Default::default(),
             })
             .expect("identity");
     }

@@ -75,6 +75,16 @@ pub enum SupplierCommand {
         /// Contact (service desk address).
         #[arg(long, default_value = "")]
         contact: String,
+        /// The organisation's URA (8 digits, the subscriber number in its UZI
+        /// server certificates). Sets the identity policy to `ura` unless
+        /// `--identity-policy pinned` is given.
+        #[arg(long, default_value = "")]
+        ura: String,
+        /// `pinned` (only registered certificates) or `ura` (also any valid UZI
+        /// server certificate of the configured UZI server CA naming the URA);
+        /// default `ura` with `--ura`, else `pinned`.
+        #[arg(long, default_value = "")]
+        identity_policy: String,
     },
     /// List all suppliers.
     List,
@@ -132,6 +142,12 @@ pub enum CertCommand {
         /// SHA-256 fingerprint (or a unique prefix of it).
         fingerprint: String,
     },
+    /// Show a certificate file's subject, validity, key and UZI fields
+    /// (URA, card type, ...). Reads the file only; calls no server.
+    Inspect {
+        /// The certificate (PEM, the first certificate is shown).
+        file: PathBuf,
+    },
     /// Active certificates that expire within a period.
     Expiring {
         /// The period, e.g. "30d".
@@ -142,6 +158,9 @@ pub enum CertCommand {
 
 /// Runs `schakel admin ...`.
 pub(super) async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Certs(CertCommand::Inspect { file }) = &args.command {
+        return inspect(file, args.json);
+    }
     let (server, files) = args.connect.resolve("admin")?;
     let channel = crate::client::connect(&server, &files).await?;
     let mut client = AdminClient::new(channel);
@@ -224,9 +243,21 @@ async fn suppliers(
     json: bool,
 ) -> anyhow::Result<()> {
     let one = match cmd {
-        SupplierCommand::Add { id, name, contact } => {
+        SupplierCommand::Add {
+            id,
+            name,
+            contact,
+            ura,
+            identity_policy,
+        } => {
             client
-                .add_supplier(AddSupplierRequest { id, name, contact })
+                .add_supplier(AddSupplierRequest {
+                    id,
+                    name,
+                    contact,
+                    ura,
+                    identity_policy,
+                })
                 .await?
         }
         SupplierCommand::List => {
@@ -327,6 +358,7 @@ async fn certs(
                 .await?
                 .into_inner()]
         }
+        CertCommand::Inspect { file } => return inspect(&file, json),
         CertCommand::Expiring { within } => {
             let within = humantime::parse_duration(&within)
                 .with_context(|| format!("--within {within:?}: expected a duration like 30d"))?;
@@ -437,11 +469,18 @@ fn print_suppliers(list: &[SupplierInfo]) {
                 s.name.clone(),
                 s.contact.clone(),
                 if s.suspended { "suspended" } else { "active" }.to_owned(),
+                s.identity_policy.clone(),
+                s.ura.clone(),
                 s.created_at.clone(),
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "CONTACT", "STATUS", "CREATED"], rows);
+    print_table(
+        &[
+            "ID", "NAME", "CONTACT", "STATUS", "POLICY", "URA", "CREATED",
+        ],
+        rows,
+    );
 }
 
 fn print_certs(list: &[CertificateInfo]) {
@@ -459,6 +498,7 @@ fn print_certs(list: &[CertificateInfo]) {
                 c.supplier_id.clone(),
                 c.name.clone(),
                 c.status.clone(),
+                c.origin.clone(),
                 c.not_after.clone(),
                 until,
                 c.serial.clone(),
@@ -473,6 +513,7 @@ fn print_certs(list: &[CertificateInfo]) {
             "SUPPLIER",
             "NAME",
             "STATUS",
+            "VIA",
             "NOT AFTER",
             "RETIRE/REVOKE",
             "SERIAL",
@@ -480,6 +521,116 @@ fn print_certs(list: &[CertificateInfo]) {
         ],
         rows,
     );
+}
+
+/// What `certs inspect` shows of a certificate file.
+#[derive(Debug, Serialize)]
+struct Inspected {
+    subject: String,
+    issuer: String,
+    serial: String,
+    fingerprint: String,
+    not_before: String,
+    not_after: String,
+    key_type: String,
+    /// The UZI fields, when the certificate has them.
+    uzi: Option<InspectedUzi>,
+    /// Why there are none (`UZI_MISSING`, `UZI_MALFORMED: ...`).
+    uzi_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct InspectedUzi {
+    ura: String,
+    card_type: String,
+    ca_oid: String,
+    version: String,
+    uzi_number: String,
+    role: String,
+    agb: String,
+    permanent_identifier: Option<String>,
+    permanent_identifier_assigner: Option<String>,
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let certs = crate::tls::load_certs(file)?;
+    let der = certs
+        .first()
+        .with_context(|| format!("{}: no certificate in the file", file.display()))?;
+    let info = crate::tls::describe(der)?;
+    let (uzi, uzi_error) = match crate::uzi::UziCertificate::from_der(der) {
+        Ok(u) => (
+            Some(InspectedUzi {
+                ura: u.ura().to_string(),
+                card_type: u.name.card_type.describe().to_owned(),
+                ca_oid: u.name.ca_oid.clone(),
+                version: u.name.version.clone(),
+                uzi_number: u.name.uzi_number.clone(),
+                role: u.name.role.clone(),
+                agb: u.name.agb.clone(),
+                permanent_identifier: u
+                    .permanent_identifier
+                    .as_ref()
+                    .and_then(|p| p.value.clone()),
+                permanent_identifier_assigner: u
+                    .permanent_identifier
+                    .as_ref()
+                    .and_then(|p| p.assigner.clone()),
+            }),
+            None,
+        ),
+        Err(e) => (None, Some(format!("{}: {e}", e.code()))),
+    };
+    let shown = Inspected {
+        subject: info.subject,
+        issuer: info.issuer,
+        serial: info.serial,
+        fingerprint: info.fingerprint,
+        not_before: humantime::format_rfc3339(info.not_before).to_string(),
+        not_after: humantime::format_rfc3339(info.not_after).to_string(),
+        key_type: info.key_type,
+        uzi,
+        uzi_error,
+    };
+    if json {
+        return print_json(&shown);
+    }
+    let mut rows = vec![
+        ("subject", shown.subject.clone()),
+        ("issuer", shown.issuer.clone()),
+        ("serial", shown.serial.clone()),
+        ("fingerprint", shown.fingerprint.clone()),
+        ("not before", shown.not_before.clone()),
+        ("not after", shown.not_after.clone()),
+        ("key", shown.key_type.clone()),
+    ];
+    match (&shown.uzi, &shown.uzi_error) {
+        (Some(u), _) => {
+            rows.extend([
+                ("UZI URA", u.ura.clone()),
+                ("UZI card type", u.card_type.clone()),
+                ("UZI CA OID", u.ca_oid.clone()),
+                ("UZI version", u.version.clone()),
+                ("UZI number", u.uzi_number.clone()),
+                ("UZI role", u.role.clone()),
+                ("UZI AGB", u.agb.clone()),
+                (
+                    "permanentIdentifier",
+                    match (&u.permanent_identifier, &u.permanent_identifier_assigner) {
+                        (None, _) => "(none)".to_owned(),
+                        (Some(v), None) => v.clone(),
+                        (Some(v), Some(a)) => format!("{v} (assigner {a})"),
+                    },
+                ),
+            ]);
+        }
+        (None, Some(e)) => rows.push(("UZI", e.clone())),
+        (None, None) => {}
+    }
+    for (k, v) in rows {
+        println!("{k:<20} {v}");
+    }
+    Ok(())
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -96,6 +96,11 @@ pub enum CertsCommand {
         /// Where to write the files.
         #[arg(long, default_value = DEV_CERTS)]
         dir: PathBuf,
+        /// Instead write UZI-shaped TEST certificates (test OIDs, TEST-ONLY):
+        /// a test UZI server CA (`uzi-ca.pem`) and server certificates (card
+        /// type S, URA 90000001) with an RSA 4096 and an ECDSA key.
+        #[arg(long)]
+        uzi: bool,
     },
 }
 
@@ -216,7 +221,19 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Push(args) => push::push(args).await,
             Command::Pull(args) => pull::pull(args).await.map(|()| ExitCode::SUCCESS),
             Command::Ops(args) => ops::ops(args).await,
-            Command::Certs(CertsCommand::Dev { dir }) => {
+            Command::Certs(CertsCommand::Dev { dir, uzi: true }) => {
+                crate::uzi::dev::write_dev_uzi(&dir)?;
+                println!(
+                    "wrote UZI TEST certificates to {} (TEST-ONLY: test CA, test OIDs): \
+                     uzi-ca.pem, uzi-server-rsa.pem/.key (RSA 4096), uzi-server-ecdsa.pem/.key; \
+                     add uzi-ca.pem to tls.client_ca, set tls.uzi_server_ca to it, and register \
+                     the supplier with --ura {}",
+                    dir.display(),
+                    crate::uzi::dev::DEV_URA_A
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Certs(CertsCommand::Dev { dir, uzi: false }) => {
                 crate::tls::dev::write_dev_pki(&dir)?;
                 println!(
                     "wrote the development PKI to {} (FOR DEVELOPMENT ONLY)",
@@ -247,6 +264,9 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
         crl_expired: config.tls.crl_expired,
     };
     crate::tls::server_config(&files)?;
+    if let Some(ca) = &config.tls.uzi_server_ca {
+        crate::uzi::policy::UziTrust::from_pem_file(ca)?;
+    }
     println!("config OK");
     Ok(())
 }

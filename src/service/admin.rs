@@ -27,7 +27,7 @@ use crate::proto::{
 use crate::reload::Reloader;
 use crate::service::auth::Caller;
 use crate::service::timestamp;
-use crate::store::{AuditEvent, AuditQuery, Identity, Role, Store, Supplier};
+use crate::store::{AuditEvent, AuditQuery, Identity, IdentityPolicy, Role, Store, Supplier};
 use crate::tls::verify::{verify_client_cert, CertCheckError};
 
 /// Largest PEM accepted by AddCertificate.
@@ -206,6 +206,8 @@ fn supplier_info(s: &Supplier) -> SupplierInfo {
         contact: s.contact.clone(),
         suspended: s.suspended,
         created_at: timestamp(s.created_at),
+        ura: s.ura.clone().unwrap_or_default(),
+        identity_policy: s.identity_policy.as_str().to_owned(),
     }
 }
 
@@ -261,7 +263,43 @@ fn certificate_info(i: &Identity, now: SystemTime) -> CertificateInfo {
         retire_at: i.retire_at.map(timestamp).unwrap_or_default(),
         revoked_at: i.revoked_at.map(timestamp).unwrap_or_default(),
         status: certificate_status(i, now).to_owned(),
+        origin: i.origin.as_str().to_owned(),
     }
+}
+
+/// The URA and identity policy of a new supplier: a URA must be 8 digits
+/// (`URA_FORMAT`); the policy is `pinned` or `ura` (`INVALID_REQUEST`), by
+/// default `ura` when a URA is given, and `ura` needs a URA (`URA_MISSING`).
+fn supplier_policy(
+    ura: &str,
+    policy: &str,
+) -> Result<(Option<String>, IdentityPolicy), ServiceError> {
+    let ura = if ura.is_empty() {
+        None
+    } else {
+        let parsed = crate::uzi::Ura::parse(ura).map_err(|_| ServiceError::Rejected {
+            code: "URA_FORMAT",
+            message: "ura: a URA is exactly 8 digits".into(),
+        })?;
+        Some(parsed.as_str().to_owned())
+    };
+    let policy = match (policy, &ura) {
+        ("", Some(_)) | ("ura", Some(_)) => IdentityPolicy::Ura,
+        ("", None) | ("pinned", _) => IdentityPolicy::Pinned,
+        ("ura", None) => {
+            return Err(ServiceError::Rejected {
+                code: "URA_MISSING",
+                message: "identity_policy: ura needs the supplier's URA".into(),
+            })
+        }
+        _ => {
+            return Err(ServiceError::InvalidRequest {
+                field: "identity_policy",
+                message: "must be \"pinned\" or \"ura\"".into(),
+            })
+        }
+    };
+    Ok((ura, policy))
 }
 
 /// An optional RFC 3339 time field.
@@ -336,9 +374,14 @@ impl Admin for AdminService {
     ) -> Result<Response<SupplierInfo>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let detail = format!("supplier={}", req.id);
+        let detail = if req.ura.is_empty() {
+            format!("supplier={}", req.id)
+        } else {
+            format!("supplier={} ura={}", req.id, req.ura)
+        };
         self.audited(&caller, "add_supplier", detail, async {
             validate_supplier_id(&req.id)?;
+            let (ura, identity_policy) = supplier_policy(&req.ura, &req.identity_policy)?;
             if req.name.trim().is_empty() {
                 return Err(ServiceError::InvalidRequest {
                     field: "name",
@@ -353,12 +396,29 @@ impl Admin for AdminService {
                         message: format!("supplier {} is registered already", req.id),
                     });
                 }
+                if let Some(ura) = &ura {
+                    if let Some(other) = store
+                        .suppliers()?
+                        .into_iter()
+                        .find(|s| s.ura.as_deref() == Some(ura.as_str()))
+                    {
+                        return Err(ServiceError::AlreadyExists {
+                            code: "URA_EXISTS",
+                            message: format!(
+                                "URA {ura} is registered already for supplier {}",
+                                other.id
+                            ),
+                        });
+                    }
+                }
                 let supplier = Supplier {
                     id: req.id,
                     name: req.name,
                     contact: req.contact,
                     suspended: false,
                     created_at: SystemTime::now(),
+                    ura,
+                    identity_policy,
                 };
                 store.put_supplier(&supplier)?;
                 Ok(supplier_info(&supplier))
@@ -673,6 +733,7 @@ mod tests {
             added_at: now,
             retire_at: None,
             revoked_at: None,
+            origin: Default::default(),
         }
     }
 

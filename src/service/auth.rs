@@ -3,7 +3,11 @@
 //! request by the TLS acceptor) into a registered [`Identity`], checks that it is
 //! active and may call the service ([`Access`]: one role, or any role for health
 //! and reflection), and puts a [`Caller`] into the request's extensions. Roles
-//! come from the certificate, never from a field.
+//! come from the certificate, never from a field. A certificate the store does
+//! not know may still be a supplier's under the `ura` identity policy: then
+//! [`crate::uzi::policy::UziTrust::resolve`] registers it on this first use (a
+//! supplier identity only; the registry and admins stay pinned) or refuses it
+//! with a UZI code.
 //!
 //! The lookup happens per request, not per connection, so a certificate that is
 //! revoked or retired, or a supplier that is suspended, is refused on its very
@@ -33,6 +37,7 @@ use tonic::{Request, Status};
 use crate::error::ServiceError;
 use crate::store::{AuditEvent, Identity, Role, Store, StoreError};
 use crate::tls::PeerInfo;
+use crate::uzi::policy::{PolicyError, UziTrust};
 
 /// The `actor_fingerprint` of an overflow event: refusals of certificates past
 /// the cap of distinct keys, counted per (code, service).
@@ -97,6 +102,8 @@ pub struct Authorize {
     /// The guarded service's name, for the audit trail ("Intake", ...).
     service: &'static str,
     refusals: RefusalAudit,
+    /// The UZI server CAs of the `ura` identity policy, if configured.
+    uzi: Option<Arc<UziTrust>>,
 }
 
 impl Authorize {
@@ -113,7 +120,15 @@ impl Authorize {
             access,
             service,
             refusals,
+            uzi: None,
         }
+    }
+
+    /// Also admits, under the `ura` identity policy, unregistered UZI server
+    /// certificates of the CAs in `uzi` (`tls.uzi_server_ca`).
+    pub fn with_uzi(mut self, uzi: Option<Arc<UziTrust>>) -> Self {
+        self.uzi = uzi;
+        self
     }
 
     /// Looks up and checks the caller of a request.
@@ -127,10 +142,20 @@ impl Authorize {
             .get::<PeerInfo>()
             .cloned()
             .ok_or(ServiceError::NoPeerCertificate)?;
-        let identity = self.store.identity(&peer.fingerprint)?.ok_or_else(|| {
-            ServiceError::UnknownCertificate {
-                fingerprint: peer.fingerprint.clone(),
-            }
+        let registered = match self.store.identity(&peer.fingerprint)? {
+            Some(identity) => Some(identity),
+            // Not pinned: a UZI server certificate may still name the URA of
+            // a supplier whose policy is `ura` (registered on first use).
+            None => match &self.uzi {
+                Some(trust) => trust.resolve(&self.store, &peer).map_err(|e| match e {
+                    PolicyError::Refused(refusal) => ServiceError::Uzi(refusal),
+                    PolicyError::Store(e) => ServiceError::Store(e),
+                })?,
+                None => None,
+            },
+        };
+        let identity = registered.ok_or_else(|| ServiceError::UnknownCertificate {
+            fingerprint: peer.fingerprint.clone(),
         })?;
         let now = SystemTime::now();
         if !identity.is_active(now) {
@@ -455,6 +480,7 @@ mod tests {
             fingerprint: fingerprint.to_owned(),
             subject: "CN=test".into(),
             not_after: SystemTime::now(),
+            cert_der: Arc::from(&b""[..]),
         }
     }
 

@@ -236,6 +236,55 @@ pub struct Identity {
     pub retire_at: Option<SystemTime>,
     /// Revoked: never active again, whatever the time.
     pub revoked_at: Option<SystemTime>,
+    /// How the certificate was registered: pinned by an admin or the config,
+    /// or on its first use under its supplier's `ura` identity policy.
+    /// Absent in records written before issue 15: pinned.
+    #[serde(default)]
+    pub origin: IdentityOrigin,
+}
+
+/// How an identity came to be registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityOrigin {
+    /// Added by an admin (`certs add`) or from the config.
+    #[default]
+    Pinned,
+    /// Registered on its first use: a UZI server certificate naming the URA of
+    /// a supplier whose policy is `ura`.
+    UraFirstUse,
+}
+
+impl IdentityOrigin {
+    /// As shown by `admin certs list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityOrigin::Pinned => "pinned",
+            IdentityOrigin::UraFirstUse => "ura",
+        }
+    }
+}
+
+/// How a supplier's certificates are recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityPolicy {
+    /// Only certificates registered one by one (their fingerprints).
+    #[default]
+    Pinned,
+    /// Also any currently valid UZI server certificate (card type S) from the
+    /// configured UZI server CA naming the supplier's URA.
+    Ura,
+}
+
+impl IdentityPolicy {
+    /// As written in the config and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityPolicy::Pinned => "pinned",
+            IdentityPolicy::Ura => "ura",
+        }
+    }
 }
 
 impl Identity {
@@ -256,6 +305,13 @@ pub struct Supplier {
     pub contact: String,
     pub suspended: bool,
     pub created_at: SystemTime,
+    /// The organisation's URA (8 digits), if known. Absent in records written
+    /// before issue 15.
+    #[serde(default)]
+    pub ura: Option<String>,
+    /// How its certificates are recognised; absent before issue 15: pinned.
+    #[serde(default)]
+    pub identity_policy: IdentityPolicy,
 }
 
 /// serde helper: `SystemTime` as whole unix seconds.
@@ -663,4 +719,49 @@ fn decode_json<T: for<'de> Deserialize<'de>>(
     what: impl FnOnce() -> String,
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(what(), e.to_string()))
+}
+
+#[cfg(test)]
+mod compat_tests {
+    use super::*;
+
+    /// Records as written before issue 15 (no `ura`, `identity_policy` or
+    /// `origin`), put into sled's trees as they were, read by a real store.
+    #[tokio::test]
+    async fn suppliers_and_identities_written_before_issue_15_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = "ab".repeat(32);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("suppliers")
+                .unwrap()
+                .insert(
+                    "his-a",
+                    &br#"{"id":"his-a","name":"HIS A","contact":"","suspended":true,"created_at":{"secs_since_epoch":1700000000,"nanos_since_epoch":5}}"#[..],
+                )
+                .unwrap();
+            let identity = format!(
+                r#"{{"fingerprint":"{fp}","role":"supplier","name":"his-a 2024","supplier_id":"his-a","subject":"CN=his-a","serial":"01","not_after":2000000000,"added_at":{{"secs_since_epoch":1700000000,"nanos_since_epoch":0}},"retire_at":null,"revoked_at":null}}"#
+            );
+            db.open_tree("identities")
+                .unwrap()
+                .insert(fp.as_bytes(), identity.as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let supplier = store.supplier("his-a").unwrap().unwrap();
+        assert_eq!(supplier.ura, None);
+        assert_eq!(supplier.identity_policy, IdentityPolicy::Pinned);
+        assert!(supplier.suspended);
+        let identity = store.identity(&fp).unwrap().unwrap();
+        assert_eq!(identity.origin, IdentityOrigin::Pinned);
+        assert_eq!(identity.supplier_id.as_deref(), Some("his-a"));
+        // And a new record keeps its new fields.
+        let mut renewed = supplier.clone();
+        renewed.ura = Some("90000001".into());
+        renewed.identity_policy = IdentityPolicy::Ura;
+        store.put_supplier(&renewed).unwrap();
+        assert_eq!(store.supplier("his-a").unwrap(), Some(renewed));
+    }
 }

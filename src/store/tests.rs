@@ -466,6 +466,7 @@ fn identity(fp: char, role: Role) -> Identity {
         added_at: SystemTime::now(),
         retire_at: None,
         revoked_at: None,
+        origin: Default::default(),
     }
 }
 
@@ -481,6 +482,8 @@ async fn identities_and_suppliers_round_trip() {
         contact: "ops@example.org".into(),
         suspended: false,
         created_at: SystemTime::now(),
+        ura: None,
+        identity_policy: Default::default(),
     };
     {
         let store = open(dir.path());
@@ -820,6 +823,8 @@ async fn a_failed_sync_latches_the_store_until_reopen() {
         contact: String::new(),
         suspended: false,
         created_at: SystemTime::now(),
+        ura: None,
+        identity_policy: Default::default(),
     };
     assert_failed(store.put_supplier(&supplier), "an admin write");
     // Pull never saw the failed batch: the durable watermark did not move.

@@ -610,6 +610,7 @@ async fn handshake(
         fingerprint: info.fingerprint,
         subject: info.subject,
         not_after: info.not_after,
+        cert_der: Arc::from(leaf.as_ref()),
     };
     Ok((stream, peer))
 }

@@ -680,6 +680,8 @@ pub struct PeerInfo {
     pub subject: String,
     /// End of that certificate's validity.
     pub not_after: SystemTime,
+    /// That certificate, DER (read by the `ura` identity policy, `crate::uzi::policy`).
+    pub cert_der: Arc<[u8]>,
 }
 
 #[cfg(test)]
