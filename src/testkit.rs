@@ -126,14 +126,17 @@ impl TestServer {
         self.http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.config.clone();
-        self.handle = Some(tokio::spawn(crate::server::run_with_http(
-            config,
-            listener,
-            http,
-            async {
+        self.handle = Some(tokio::spawn(async move {
+            let result = crate::server::run_with_http(config, listener, http, async {
                 let _ = rx.await;
-            },
-        )));
+            })
+            .await;
+            if let Err(e) = &result {
+                // A test that then fails to connect shows why in its output.
+                eprintln!("test gateway stopped with an error: {e}");
+            }
+            result
+        }));
         self.shutdown = Some(tx);
     }
 
