@@ -5,59 +5,19 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, BufMut};
 use common::*;
 use schakel::proto::intake_client::IntakeClient;
 use schakel::tls::dev::ClientCertOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 
-/// A codec that sends raw bytes as the gRPC message: for malformed protobuf.
-#[derive(Clone, Default)]
-struct RawCodec;
-struct RawEncoder;
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let bytes = src.chunk().to_vec();
-        src.advance(bytes.len());
-        Ok(Some(bytes))
-    }
-}
-
 async fn submit_raw(server: &TestServer, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(server.channel(SUPPLIER_A).await);
-    grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static("/schakel.v1.Intake/SubmitBatch");
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
-        .await
-        .map(tonic::Response::into_inner)
+    raw::call_raw(
+        server.channel(SUPPLIER_A).await,
+        "/schakel.v1.Intake/SubmitBatch",
+        body,
+    )
+    .await
 }
 
 async fn still_serving(server: &TestServer) {

@@ -3,5 +3,6 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod process;
+pub mod raw;
 
 pub use schakel::testkit::*;
