@@ -341,7 +341,12 @@ impl TestCa {
 }
 
 /// Writes one file; private keys (`secret`) are readable by the owner only on Unix.
-fn write_file(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<(), TlsError> {
+pub(crate) fn write_file(
+    dir: &Path,
+    name: &str,
+    contents: &str,
+    secret: bool,
+) -> Result<(), TlsError> {
     use std::io::Write;
     let path = dir.join(name);
     let io_err = |source| TlsError::Io {

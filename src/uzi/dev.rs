@@ -26,6 +26,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::tls::dev::write_file;
 use crate::tls::TlsError;
 
 /// The fixed, PUBLIC RSA 4096 test key (PKCS#8) of every RSA UZI test certificate.
@@ -300,28 +301,6 @@ pub fn write_dev_uzi(dir: &Path) -> Result<(), TlsError> {
         write_file(dir, &format!("{name}.key"), &key, true)?;
     }
     Ok(())
-}
-
-fn write_file(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<(), TlsError> {
-    use std::io::Write;
-    let path = dir.join(name);
-    let io_err = |source| TlsError::Io {
-        action: "writing dev PKI file",
-        path: path.clone(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(&path).map_err(io_err)?;
-    file.write_all(contents.as_bytes()).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
 }
 
 #[cfg(test)]
